@@ -1,0 +1,176 @@
+"""Vision Transformer (ViT/DeiT) whose forward pauses at reduction points.
+
+The backbone knows nothing about any reduction method. :meth:`VisionTransformer.stages` is a
+generator: it runs the blocks and, at every reduction point, yields a :class:`ReductionPoint`
+(tokens plus whatever attention extras were asked for) and receives back the reduced
+:class:`~simprune.tokens.TokenState` (or ``None`` to continue unchanged). A one-branch driver
+(:func:`simprune.drive.forward_reduced`) and the two-branch lock-step driver
+(:func:`simprune.drive.lockstep_forward`) advance these generators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simprune.models.layers import AttentionExtras, Block, PatchEmbed
+from simprune.tokens import TokenState, initial_state
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a ViT. ``reduce_at`` are 1-indexed block numbers."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    num_classes: int = 0
+    drop_path_rate: float = 0.0
+    reduce_at: tuple[int, ...] = (4, 7, 10)
+
+
+def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
+    """Validate reduction blocks: integers in ``1..depth``, strictly increasing."""
+    pts = tuple(reduce_at)
+    bad = [b for b in pts if not isinstance(b, int) or not 1 <= b <= depth]
+    if bad:
+        raise ValueError(f"reduction blocks {bad} are outside 1..{depth} (blocks are 1-indexed)")
+    if any(a >= b for a, b in zip(pts, pts[1:])):
+        raise ValueError(
+            f"reduction blocks must be sorted and unique, got {list(pts)}; e.g. {sorted(set(pts))}"
+        )
+    return pts
+
+
+@dataclass
+class ReductionPoint:
+    """A paused forward at a reduction point (inside ``block``, before its MLP).
+
+    Attributes:
+        block: 1-indexed block number.
+        index: 0-indexed position among the model's reduction points.
+        state: the tokens after the block's attention residual.
+        extras: attention extras the driver asked for (CLS attention row, q/k).
+    """
+
+    block: int
+    index: int
+    state: TokenState
+    extras: AttentionExtras
+
+
+class VisionTransformer(nn.Module):
+    """ViT with timm-compatible parameter names and reduction points."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        if cfg.img_size % cfg.patch_size:
+            raise ValueError(
+                f"img_size {cfg.img_size} is not divisible by patch_size {cfg.patch_size}"
+            )
+        self.cfg = cfg
+        self.reduce_at = check_reduce_at(cfg.reduce_at, cfg.depth)
+        self.num_prefix_tokens = 1
+        self.embed_dim = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        grid = cfg.img_size // cfg.patch_size
+        self.grid_size = (grid, grid)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, cfg.embed_dim))
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, rates[i])
+            for i in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal(0.02) weights, zero biases, as DeiT initialises."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def set_reduce_at(self, reduce_at: Sequence[int]) -> None:
+        """Change the reduction blocks (validated)."""
+        self.reduce_at = check_reduce_at(reduce_at, self.depth)
+
+    def num_patches_for(self, height: int, width: int) -> int:
+        """Patch tokens for an input of ``height × width`` pixels."""
+        p = self.cfg.patch_size
+        return (height // p) * (width // p)
+
+    def interpolate_pos_embed(self, grid: tuple[int, int]) -> Tensor:
+        """``[1, 1 + gh·gw, D]`` position embedding for a patch grid (bicubic for other sizes)."""
+        if grid == self.grid_size:
+            return self.pos_embed
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        gh, gw = self.grid_size
+        patch_pos = patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, patch_pos.flatten(2).transpose(1, 2)], dim=1)
+
+    def embed(self, images: Tensor) -> TokenState:
+        """``images: [B, C, H, W]`` -> initial ``TokenState`` ``[B, 1 + N, D]``."""
+        x, grid = self.patch_embed(images)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return initial_state(x + self.interpolate_pos_embed(grid), self.num_prefix_tokens)
+
+    def stages(
+        self, images: Tensor, need: frozenset[str] = frozenset()
+    ) -> Generator[ReductionPoint, TokenState | None, TokenState]:
+        """Run the blocks, pausing at every reduction point.
+
+        Yields a :class:`ReductionPoint` per point and receives the reduced state (``None`` keeps
+        it). Returns the final normalised state. ``need`` ⊆ {"cls_attn", "qk"} says which
+        attention extras to compute at the points (nowhere else).
+        """
+        state = self.embed(images)
+        points = {b: i for i, b in enumerate(self.reduce_at)}
+        for number, block in enumerate(self.blocks, start=1):
+            if number in points:
+                state, extras = block.attend(state, need)
+                reduced = yield ReductionPoint(number, points[number], state, extras)
+                if reduced is not None:
+                    state = reduced
+                state = block.feed_forward(state)
+            else:
+                state = block(state)
+        return state.with_x(self.norm(state.x))
+
+    def forward_features(self, images: Tensor) -> TokenState:
+        """Unreduced forward to the final norm."""
+        gen = self.stages(images)
+        try:
+            while True:
+                gen.send(None)
+        except StopIteration as stop:
+            return stop.value
+
+    def forward_head(self, state: TokenState) -> Tensor:
+        """CLS token -> head (identity when ``num_classes == 0``)."""
+        return self.head(state.x[:, 0])
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))

@@ -1,0 +1,93 @@
+"""Schedules driven by per-iteration training progress ``t ∈ [0, 1]``.
+
+- :class:`KeepRateSchedule`: EViT's keep-rate warm-up — rate 1 until ``start``, then a cosine from
+  1 down to the target, reached at ``end``, constant after.
+- Window positions ``p(t)`` for SimPrune (METHOD.md §3): ``sliding`` (``p = t``, the method),
+  ``prune_dissimilar`` (``p = 0``), ``prune_similar`` (``p = 1``), ``two_stage`` (0 then 1 at
+  ``t = 0.5``) and ``two_stage_reverse`` (1 then 0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from simprune.registry import Registry
+from simprune.tokens import check_keep_rate
+
+WINDOWS: Registry[Callable[[float], float]] = Registry("window schedule")
+
+
+def _check_progress(t: float) -> float:
+    if not -1e-9 <= t <= 1.0 + 1e-9:
+        raise ValueError(f"training progress must be in [0, 1], got {t!r}")
+    return min(max(t, 0.0), 1.0)
+
+
+@WINDOWS.register("sliding")
+def sliding(t: float) -> float:
+    """Easy to hard: keep the most similar pairs first, the least similar at the end."""
+    return _check_progress(t)
+
+
+@WINDOWS.register("prune_dissimilar")
+def prune_dissimilar(t: float) -> float:
+    """Static: always keep the most similar pairs."""
+    _check_progress(t)
+    return 0.0
+
+
+@WINDOWS.register("prune_similar")
+def prune_similar(t: float) -> float:
+    """Static: always keep the least similar pairs."""
+    _check_progress(t)
+    return 1.0
+
+
+@WINDOWS.register("two_stage")
+def two_stage(t: float) -> float:
+    """Prune dissimilar pairs for the first half of training, similar ones after."""
+    return 0.0 if _check_progress(t) < 0.5 else 1.0
+
+
+@WINDOWS.register("two_stage_reverse")
+def two_stage_reverse(t: float) -> float:
+    """Prune similar pairs for the first half, dissimilar ones after."""
+    return 1.0 if _check_progress(t) < 0.5 else 0.0
+
+
+def window_position(name: str, t: float) -> float:
+    """Window position ``p`` of schedule ``name`` at progress ``t``."""
+    return WINDOWS.get(name)(t)
+
+
+@dataclass(frozen=True)
+class KeepRateSchedule:
+    """Keep rate at progress ``t``: 1 before ``start``, cosine to ``target`` at ``end``.
+
+    With ``start == end`` (the default, 0) the target applies from the first step.
+    EViT's recipe on 300 epochs starts at epoch 10 and reaches the target at epoch 110:
+    ``KeepRateSchedule(0.7, start=10 / 300, end=110 / 300)``.
+    """
+
+    target: float
+    start: float = 0.0
+    end: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_keep_rate(self.target)
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(
+                f"keep-rate warm-up needs 0 <= start <= end <= 1, got start={self.start}, "
+                f"end={self.end}"
+            )
+
+    def __call__(self, t: float) -> float:
+        t = _check_progress(t)
+        if t < self.start:
+            return 1.0
+        if t >= self.end:
+            return self.target
+        frac = (t - self.start) / (self.end - self.start)
+        return self.target + (1.0 - self.target) * 0.5 * (1.0 + math.cos(math.pi * frac))
