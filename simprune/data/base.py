@@ -1,0 +1,120 @@
+"""Shared pieces of the data loaders: errors, the data root, the cache folder, ``ArrayDataset``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DataNotFoundError",
+    "WrongArchiveError",
+    "CorruptImageError",
+    "ArrayDataset",
+    "resolve_data_root",
+    "default_cache_dir",
+    "sha256_file",
+    "DATA_ENV",
+    "CACHE_ENV",
+]
+
+DATA_ENV = "SIMPRUNE_DATA"
+CACHE_ENV = "SIMPRUNE_CACHE"
+
+_HOW_TO = (
+    f"pass --data DIR or set {DATA_ENV}=DIR; for CIFAR-10 the folder must contain "
+    "cifar10-jpg.tar.gz or cifar-10-python.tar.gz or cifar-10-batches-py/"
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data folder or the files a loader needs in it are missing."""
+
+
+class WrongArchiveError(ValueError):
+    """A data archive is not the expected file (its sha256 differs)."""
+
+
+class CorruptImageError(ValueError):
+    """An image cannot be decoded; the message names the file (or archive member)."""
+
+
+def resolve_data_root(path: str | os.PathLike[str] | None) -> Path:
+    """The data folder: ``path`` (the ``--data`` argument) if given, else ``$SIMPRUNE_DATA``.
+
+    Raises:
+        DataNotFoundError: neither is set, or the folder does not exist.
+    """
+    if path is None or str(path) == "":
+        env = os.environ.get(DATA_ENV, "")
+        if not env:
+            raise DataNotFoundError(f"no data folder given: {_HOW_TO}")
+        root, origin = Path(env), f"${DATA_ENV}"
+    else:
+        root, origin = Path(path), "--data"
+    root = root.expanduser()
+    if not root.exists():
+        raise DataNotFoundError(f"data folder {str(root)!r} (from {origin}) does not exist: {_HOW_TO}")
+    return root
+
+
+def default_cache_dir() -> Path:
+    """``$SIMPRUNE_CACHE`` if set, else ``~/.cache/simprune``."""
+    env = os.environ.get(CACHE_ENV, "")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "simprune"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArrayDataset(Dataset):
+    """An in-memory labelled image set.
+
+    Attributes:
+        images: uint8 ``[N, C, H, W]`` on the CPU.
+        labels: int64 ``[N]`` in ``0 .. len(classes) - 1``.
+        classes: class names; ``classes[k]`` is the name of label ``k``.
+
+    Some sources are stored sorted by class (the CIFAR-10 JPEG archive is): draw subsets at
+    random (``ds.subset(torch.randperm(len(ds))[:n])``), never take the first ``n`` items.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: list[str]) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be [N] with N={images.shape[0]}, got shape {tuple(labels.shape)}")
+        self.images = images.cpu()
+        self.labels = labels.to(device="cpu", dtype=torch.int64)
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        """``(uint8 [C, H, W], label)``."""
+        return self.images[index], int(self.labels[index])
+
+    def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Gather a batch: ``idx`` int64 ``[B]`` -> ``(uint8 [B, C, H, W], int64 [B])``."""
+        idx = torch.as_tensor(idx, dtype=torch.int64, device="cpu")
+        return self.images.index_select(0, idx), self.labels.index_select(0, idx)
+
+    def subset(self, idx: Tensor) -> ArrayDataset:
+        """A new ``ArrayDataset`` with the items ``idx`` (int64 ``[M]``), same classes."""
+        images, labels = self.get_batch(idx)
+        return ArrayDataset(images, labels, self.classes)
+
+    def __repr__(self) -> str:
+        c, h, w = self.images.shape[1:]
+        return f"ArrayDataset(n={len(self)}, shape=[{c}, {h}, {w}], classes={len(self.classes)})"

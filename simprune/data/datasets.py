@@ -1,0 +1,126 @@
+"""Data set registry: ``load_dataset(name, root, split)``.
+
+=================  ===============================================  ==========================
+name               files in ``root``                                 items
+=================  ===============================================  ==========================
+``cifar10``        ``cifar-10-batches-py/``, ``cifar-10-python.tar   ``ArrayDataset`` uint8
+                   .gz`` or ``cifar10-jpg.tar.gz`` (decoded once,    ``[N, 3, 32, 32]``
+                   cached)
+``cifar100``       ``cifar-100-python/`` or ``cifar-100-python.tar   ``ArrayDataset`` uint8
+                   .gz`` (fine labels)                               ``[N, 3, 32, 32]``
+``fashion_mnist``  IDX files (``train-images-idx3-ubyte.gz`` ...),   ``ArrayDataset`` uint8
+                   else ``/usr/share/datasets/fashion-mnist/``       ``[N, 1, 28, 28]``
+``imagefolder``    ``<split>/<class>/<image>``                       ``ImageFolderDataset``
+                                                                     (lazy) uint8 ``[3, S, S]``
+=================  ===============================================  ==========================
+
+The data folder comes from ``--data`` or ``$SIMPRUNE_DATA`` (:func:`resolve_data_root`); caches
+go to ``cache_dir``, default ``$SIMPRUNE_CACHE`` or ``~/.cache/simprune``. How each loader
+treats corrupt files is written in its module (:mod:`.cifar`, :mod:`.fashion_mnist`,
+:mod:`.folder`): errors always name the file or archive member; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from ..registry import Registry
+from .base import ArrayDataset, DataNotFoundError, default_cache_dir, resolve_data_root
+from .cifar import load_cifar10, load_cifar100
+from .fashion_mnist import load_fashion_mnist
+from .folder import ImageFolderDataset, load_imagefolder
+from .stats import dataset_stats
+
+__all__ = [
+    "DatasetSpec",
+    "DATASETS",
+    "load_dataset",
+    "dataset_names",
+    "dataset_stats",
+    "resolve_data_root",
+    "default_cache_dir",
+    "ArrayDataset",
+    "ImageFolderDataset",
+    "DataNotFoundError",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A loader and its splits (``None``: any sub-folder of the root is a split)."""
+
+    loader: Callable[..., Dataset]
+    splits: tuple[str, ...] | None
+    n_classes: int | None
+    description: str
+
+
+DATASETS: Registry[DatasetSpec] = Registry("data set")
+DATASETS.register("cifar10")(DatasetSpec(load_cifar10, ("train", "test"), 10, "CIFAR-10, 32x32 RGB, 50k/10k"))
+DATASETS.register("cifar100")(
+    DatasetSpec(load_cifar100, ("train", "test"), 100, "CIFAR-100 (fine labels), 32x32 RGB")
+)
+DATASETS.register("fashion_mnist")(
+    DatasetSpec(load_fashion_mnist, ("train", "test"), 10, "Fashion-MNIST, 28x28 grey, 60k/10k")
+)
+DATASETS.register("imagefolder")(
+    DatasetSpec(load_imagefolder, None, None, "root/<split>/<class>/<image>, lazy, resized")
+)
+
+_ALIASES = {
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "fashion-mnist": "fashion_mnist",
+    "fashionmnist": "fashion_mnist",
+    "image_folder": "imagefolder",
+}
+
+
+def dataset_names() -> list[str]:
+    """Names accepted by :func:`load_dataset`."""
+    return DATASETS.names()
+
+
+def load_dataset(
+    name: str,
+    root: Path | str | os.PathLike[str],
+    split: str = "train",
+    cache_dir: Path | str | None = None,
+    **options: object,
+) -> Dataset:
+    """Load data set ``name``'s ``split`` from the data folder ``root``.
+
+    Args:
+        name: one of :func:`dataset_names` (``cifar10``, ``cifar100``, ``fashion_mnist``,
+            ``imagefolder``).
+        root: data folder (see :func:`resolve_data_root`).
+        split: ``train`` or ``test`` (``imagefolder``: any sub-folder of ``root``).
+        cache_dir: where decoded arrays are cached (``cifar10`` JPEG archive only); default
+            ``$SIMPRUNE_CACHE`` or ``~/.cache/simprune``.
+        options: loader options, e.g. ``load_size=256`` for ``imagefolder``.
+
+    Returns:
+        An :class:`ArrayDataset` (uint8 ``[N, C, H, W]`` in memory) or, for ``imagefolder``, an
+        :class:`ImageFolderDataset`; both index as ``(uint8 [C, H, W], label)``.
+
+    Raises:
+        KeyError: unknown name (lists the known ones).
+        ValueError: unknown split (lists the valid ones) or unknown option.
+        DataNotFoundError: the files are not in ``root``.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    spec = DATASETS.get(key)
+    if spec.splits is not None and split not in spec.splits:
+        raise ValueError(f"unknown split {split!r} for {key}; valid: {', '.join(spec.splits)}")
+    if options and key != "imagefolder":
+        raise ValueError(f"{key} takes no options, got {sorted(options)}")
+    unknown = set(options) - {"load_size"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {key}; valid: load_size")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return spec.loader(Path(root), split, cache, **options)
