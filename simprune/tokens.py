@@ -15,6 +15,7 @@ is needed to interpret them later:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -167,12 +168,19 @@ def append_patch(state: TokenState, token: Tensor, absorbed: Tensor) -> TokenSta
 
 
 def num_keep(n: int, keep_rate: float) -> int:
-    """``K = round(keep_rate * n)``, at least 1 (METHOD.md). Validates the rate."""
+    """``K = round(keep_rate * n)``, at least 1 (METHOD.md). Validates the rate.
+
+    Rounds half up on the decimal product (``0.7 × 45 = 31.5 → 32``), not on its binary float
+    approximation (31.4999…) and not half-to-even.
+    """
     check_keep_rate(keep_rate)
-    return max(1, min(n, round(keep_rate * n)))
+    return max(1, min(n, math.floor(round(keep_rate * n, 9) + 0.5)))
 
 
 def check_keep_rate(keep_rate: float, name: str = "keep rate") -> None:
     """Raise ``ValueError`` unless ``0 < keep_rate <= 1``."""
-    if not isinstance(keep_rate, (int, float)) or not 0.0 < float(keep_rate) <= 1.0:
+    if isinstance(keep_rate, bool) or not isinstance(keep_rate, (int, float)):
+        raise ValueError(f"{name} must be a number in (0, 1], got {type(keep_rate).__name__} "
+                         f"{keep_rate!r}")
+    if not 0.0 < float(keep_rate) <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {keep_rate!r}")

@@ -10,6 +10,7 @@ generator: it runs the blocks and, at every reduction point, yields a :class:`Re
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -40,8 +41,12 @@ class ViTConfig:
 
 def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
     """Validate reduction blocks: integers in ``1..depth``, strictly increasing."""
-    pts = tuple(reduce_at)
-    bad = [b for b in pts if not isinstance(b, int) or not 1 <= b <= depth]
+    raw = tuple(reduce_at)
+    not_int = [b for b in raw if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
+    if not_int:
+        raise ValueError(f"reduction blocks must be integers in 1..{depth}, got {not_int}")
+    pts = tuple(int(b) for b in raw)
+    bad = [b for b in pts if not 1 <= b <= depth]
     if bad:
         raise ValueError(f"reduction blocks {bad} are outside 1..{depth} (blocks are 1-indexed)")
     if any(a >= b for a, b in zip(pts, pts[1:])):
