@@ -1,0 +1,165 @@
+"""``simprune train | eval | export | bench`` — the command line.
+
+Errors in what the user asked for (unknown names, bad values, missing data, incompatible
+checkpoints) print one clear line and exit with status 2; they are never tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from simprune.train.config import TrainConfig
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, TypeError)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML recipe (see configs/); flags below override its keys")
+    for f in fields(TrainConfig):
+        default = getattr(TrainConfig(), f.name)
+        kind = type(default).__name__
+        p.add_argument(_flag(f.name), dest=f.name, default=None, metavar=kind.upper(),
+                       nargs="+" if isinstance(default, list) else None,
+                       help=f"(default {default!r})")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from simprune.train.config import load_recipe, make_config
+    from simprune.train.loop import train
+
+    base = load_recipe(args.config) if args.config else {}
+    overrides: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            overrides[f.name] = " ".join(v) if isinstance(v, list) else v
+    cfg = make_config(base, overrides)
+    result = train(cfg)
+    if "knn_top1" in result:
+        print(f"final k-NN top-1: {result['knn_top1']:.2f}% ({cfg.out}/results.json)")
+    return 0
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="run folder or checkpoint.pt")
+    p.add_argument("--data", default=None, help="data folder (default: the run's, or $SIMPRUNE_DATA)")
+    p.add_argument("--knn-train", type=int, default=None, help="k-NN bank size (0: all)")
+    p.add_argument("--knn-test", type=int, default=None, help="test images (0: all)")
+    p.add_argument("--linear", action="store_true", help="also train a linear probe on frozen features")
+    p.add_argument("--branch", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--json", action="store_true")
+
+
+def _load_run(ckpt: str):
+    from pathlib import Path
+
+    from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
+    from simprune.train.config import make_config
+    from simprune.train.loop import build_framework
+
+    path = Path(ckpt)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
+    saved = load_checkpoint(path)
+    cfg = make_config(saved["config"])
+    fw = build_framework(cfg)
+    fw.load_state_dict(saved["framework"])
+    return cfg, fw, saved
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from simprune.data import load_dataset, resolve_data_root
+    from simprune.train.evaluate import evaluate
+
+    cfg, fw, saved = _load_run(args.ckpt)
+    root = resolve_data_root(args.data or cfg.data or None)
+    train_set = load_dataset(cfg.dataset, root, "train")
+    test_set = load_dataset(cfg.dataset, root, "test")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = fw.teacher["backbone"] if args.branch == "teacher" else fw.student["backbone"]
+    res = evaluate(backbone.to(device), train_set, test_set, cfg.dataset, len(train_set.classes),
+                   device, cfg.knn_train if args.knn_train is None else args.knn_train,
+                   cfg.knn_test if args.knn_test is None else args.knn_test, cfg.knn_k,
+                   cfg.knn_temperature, linear=args.linear, seed=cfg.seed, size=cfg.global_size)
+    res["step"] = saved["step"]
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"step {res['step']}: k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%"
+              + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="run folder or checkpoint.pt")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--branch", choices=("teacher", "student"), default="teacher")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    if not args.out.endswith(".safetensors"):
+        raise ValueError(f"--out {args.out!r} must end in .safetensors")
+    _, fw, _ = _load_run(args.ckpt)
+    backbone = fw.teacher["backbone"] if args.branch == "teacher" else fw.student["backbone"]
+    sd = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+    save_file(sd, args.out, metadata={"format": "pt", "names": "timm-vit"})
+    print(f"wrote {len(sd)} tensors ({args.branch} backbone, timm names) to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simprune", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_args(sub.add_parser("train", help="self-supervised training (resumes automatically)",
+                                  allow_abbrev=False))
+    add_eval_args(sub.add_parser("eval", help="k-NN / linear probe of a checkpoint"))
+    add_export_args(sub.add_parser("export", help="backbone weights as timm-named safetensors"))
+    bench = sub.add_parser("bench", help="cost benchmarks").add_subparsers(dest="bench", required=True)
+    try:
+        from simprune.bench import flops, micro
+
+        flops.add_flops_args(bench.add_parser("flops", help="analytic training FLOPs vs dense"))
+        micro.add_micro_args(bench.add_parser("micro", help="pruned vs dense fwd+bwd time ratio"))
+    except ImportError:  # pragma: no cover - bench module missing
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from simprune.train.loop import TrainingError
+
+    handlers = {"train": run_train, "eval": run_eval, "export": run_export}
+    try:
+        if args.command == "bench":
+            from simprune.bench import flops, micro
+
+            fn = {"flops": flops.run_flops, "micro": micro.run_micro}[args.bench]
+            return int(fn(args) or 0)
+        return handlers[args.command](args)
+    except (*USER_ERRORS, TrainingError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"simprune: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("simprune: interrupted; run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: config, loop, optimiser schedules, checkpoints, distributed helpers."""

@@ -1,0 +1,39 @@
+"""AdamW with weight decay on weights only, and cosine schedules with a linear warm-up."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups: decayed weights, and biases/norm parameters (1-d) with no decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0,
+                                                  "apply_wd": False}]
+
+
+def cosine(start: float, end: float, t: float) -> float:
+    """Cosine from ``start`` (t=0) to ``end`` (t=1)."""
+    t = min(max(t, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def lr_at(t: float, base: float, min_lr: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` of training, then cosine to ``min_lr``."""
+    if warmup > 0 and t < warmup:
+        return base * t / warmup
+    return cosine(base, min_lr, (t - warmup) / max(1e-12, 1.0 - warmup))
+
+
+def set_hparams(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+        if g.get("apply_wd", False):
+            g["weight_decay"] = weight_decay
