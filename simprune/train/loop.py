@@ -229,8 +229,9 @@ class Trainer:
                     where = f"at step {self.step}" if first == self.step else (
                         f"between steps {first} and {self.step}")
                     raise TrainingError(
-                        f"the loss became NaN or inf {where}; stopped. The last good checkpoint (step {last_good}) is kept at "
-                        f"{self.ckpt_path}. Lower lr, raise clip_grad or use fp32/bf16.")
+                        f"the loss became NaN or inf {where}; stopped. The last good checkpoint "
+                        f"(step {last_good}) is kept at {self.ckpt_path}. "
+                        "Lower lr, raise clip_grad or use fp32/bf16.")
                 now = time.perf_counter()
                 rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                        "loss": float(dist.all_reduce_mean(loss.float())),
