@@ -81,6 +81,7 @@ class TrainConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     eval_at_end: bool = True
+    linear_probe: bool = False  # also fit a linear probe on the frozen k-NN features at the end
     progress_bar: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +91,7 @@ class TrainConfig:
 #: keys that may change when a run resumes (they do not change what is trained)
 RESUMABLE_CHANGES = frozenset({
     "data", "out", "log_every", "ckpt_every", "num_workers", "knn_every", "knn_train", "knn_test",
-    "eval_at_end", "progress_bar", "device", "max_steps", "time_limit",
+    "eval_at_end", "linear_probe", "progress_bar", "device", "max_steps", "time_limit",
 })
 
 

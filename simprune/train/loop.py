@@ -123,6 +123,7 @@ class Trainer:
         self.amp_dtype = PRECISIONS[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
+        self.train_seconds = 0.0  # wall time of training steps, summed over sittings
         self.eval_results: list[dict[str, Any]] = []
         if saved is not None:
             self._restore(saved)
@@ -134,6 +135,7 @@ class Trainer:
         return {"config": self.cfg.to_dict(), "framework": self.framework.state_dict(),
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "rng": rng_state(),
+                "train_seconds": self.train_seconds + self._sitting_seconds(),
                 "eval": self.eval_results}
 
     def _restore(self, saved: dict[str, Any]) -> None:
@@ -141,10 +143,15 @@ class Trainer:
         self.opt.load_state_dict(saved["optimizer"])
         self.scaler.load_state_dict(saved["scaler"])
         self.step = saved["step"]
+        self.train_seconds = saved.get("train_seconds", 0.0)
         self.eval_results = saved.get("eval", [])
         set_rng_state(saved["rng"])
         if dist.is_main():
             print(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}", flush=True)
+
+    def _sitting_seconds(self) -> float:
+        start = getattr(self, "_sitting_start", None)
+        return 0.0 if start is None else time.perf_counter() - start - self._eval_seconds
 
     def save(self) -> None:
         if dist.is_main():
@@ -211,6 +218,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._sitting_start, self._eval_seconds = time.perf_counter(), 0.0
         progress = Progress(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
         t0, step0, last_good = time.perf_counter(), self.step, self.step
         knn_every = int(round(cfg.knn_every * self.steps_per_epoch)) if cfg.knn_every > 0 else 0
@@ -253,11 +261,12 @@ class Trainer:
                 if main:
                     print(f"time limit of {cfg.time_limit} min reached at step {self.step}; "
                           "run the same command to continue", flush=True)
-                return {"step": self.step, "finished": False}
+                return {"step": self.step, "total_steps": self.total_steps, "finished": False}
         progress.close()
-        result: dict[str, Any] = {"step": self.step, "finished": self.step >= self.total_steps,
+        result: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps,
+                                  "finished": self.step >= self.total_steps,
                                   "train_steps_this_run": self.step - step0,
-                                  "train_seconds_this_run": time.perf_counter() - t0}
+                                  "train_seconds": self.train_seconds + self._sitting_seconds()}
         if self.step >= self.total_steps and cfg.eval_at_end:
             result.update(self._evaluate(final=True))
         if main:
@@ -265,6 +274,13 @@ class Trainer:
         return result
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
+        t_eval = time.perf_counter()
+        try:
+            return self._evaluate_inner(final)
+        finally:
+            self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + time.perf_counter() - t_eval
+
+    def _evaluate_inner(self, final: bool) -> dict[str, Any]:
         cfg = self.cfg
         res: dict[str, Any] = {}
         if dist.is_main():
@@ -273,7 +289,8 @@ class Trainer:
                 self.train_set.labels.max()) + 1
             res = evaluate(self.framework.teacher["backbone"], self.train_set, test_set, cfg.dataset,
                            num_classes, self.device, cfg.knn_train, cfg.knn_test, cfg.knn_k,
-                           cfg.knn_temperature, seed=cfg.seed, size=cfg.global_size)
+                           cfg.knn_temperature, linear=cfg.linear_probe and final, seed=cfg.seed,
+                           size=cfg.global_size)
             res["step"] = self.step
             self.eval_results.append(res)
             self.log.write({"step": self.step, "eval": res})
