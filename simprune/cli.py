@@ -86,7 +86,7 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg, fw, saved = _load_run(args.ckpt)
     root = resolve_data_root(args.data or cfg.data or None)
     train_set = load_dataset(cfg.dataset, root, "train")
-    test_set = load_dataset(cfg.dataset, root, "test")
+    test_set = load_dataset(cfg.dataset, root, cfg.test_split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone = fw.teacher["backbone"] if args.branch == "teacher" else fw.student["backbone"]
     res = evaluate(backbone.to(device), train_set, test_set, cfg.dataset, len(train_set.classes),

@@ -31,6 +31,7 @@ class TrainConfig:
     # data
     dataset: str = "cifar10"
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
+    test_split: str = "test"  # split used for k-NN / linear evaluation ("val" for ImageNet folders)
     train_subset: int = 0  # 0: all; else a random subset of this size
     global_size: int = 32
     local_size: int = 16
@@ -90,7 +91,8 @@ class TrainConfig:
 
 #: keys that may change when a run resumes (they do not change what is trained)
 RESUMABLE_CHANGES = frozenset({
-    "data", "out", "log_every", "ckpt_every", "num_workers", "knn_every", "knn_train", "knn_test",
+    "data", "test_split", "out", "log_every", "ckpt_every", "num_workers", "knn_every", "knn_train",
+    "knn_test",
     "eval_at_end", "linear_probe", "progress_bar", "device", "max_steps", "time_limit",
 })
 

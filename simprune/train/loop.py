@@ -170,8 +170,7 @@ class Trainer:
         cfg = self.cfg
         whole = cfg.deterministic and self.world > 1
         idx = self.sampler.global_batch_indices(epoch, it) if whole else self.sampler.batch(epoch, it)
-        images, _ = self.train_set.get_batch(idx)
-        images = images.to(self.device, non_blocking=True)
+        images = self._fetch(idx).to(self.device, non_blocking=True)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed((cfg.seed * 1_000_003 + step) * 131 + (0 if whole else self.rank))
@@ -182,6 +181,26 @@ class Trainer:
             views.globals = [v[sl] for v in views.globals]
             views.locals = [v[sl] for v in views.locals]
         return views
+
+    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[B, C, H, W]`` of dataset rows ``idx``.
+
+        In-memory datasets gather in one call; lazily decoded ones (ImageFolder) decode the batch
+        in ``num_workers`` threads.
+        """
+        get_batch = getattr(self.train_set, "get_batch", None)
+        if get_batch is not None:
+            return get_batch(idx)[0]
+        rows = idx.tolist()
+        if self.cfg.num_workers > 0:
+            if getattr(self, "_pool", None) is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.cfg.num_workers)
+            items = list(self._pool.map(self.train_set.__getitem__, rows))
+        else:
+            items = [self.train_set[i] for i in rows]
+        return torch.stack([img for img, _ in items])
 
     def train_step(self, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.cfg
@@ -284,7 +303,7 @@ class Trainer:
         cfg = self.cfg
         res: dict[str, Any] = {}
         if dist.is_main():
-            test_set = load_dataset(cfg.dataset, self.root, "test")
+            test_set = load_dataset(cfg.dataset, self.root, cfg.test_split)
             num_classes = len(getattr(self.train_set, "classes", [])) or int(
                 self.train_set.labels.max()) + 1
             res = evaluate(self.framework.teacher["backbone"], self.train_set, test_set, cfg.dataset,
