@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   allow_abbrev=False))
     add_eval_args(sub.add_parser("eval", help="k-NN / linear probe of a checkpoint"))
     add_export_args(sub.add_parser("export", help="backbone weights as timm-named safetensors"))
+    try:
+        from simprune.bench import study
+
+        study.add_study_args(sub.add_parser("study", help="accuracy study: grid of runs + report",
+                                            allow_abbrev=False))
+    except ImportError:  # pragma: no cover
+        pass
     bench = sub.add_parser("bench", help="cost benchmarks").add_subparsers(dest="bench", required=True)
     try:
         from simprune.bench import flops, micro
@@ -146,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": run_train, "eval": run_eval, "export": run_export}
     try:
+        if args.command == "study":
+            from simprune.bench import study
+
+            return int(study.run_study(args) or 0)
         if args.command == "bench":
             from simprune.bench import flops, micro
 

@@ -42,7 +42,7 @@ class TrainConfig:
     # optimisation
     epochs: float = 1.0
     max_steps: int = 0  # 0: epochs decide; else stop after this many steps (schedules still by epochs)
-    time_limit: float = 0.0  # minutes; 0: none. Schedules are planned on this budget when set.
+    time_limit: float = 0.0  # minutes per sitting; 0: none. Stops with a checkpoint; schedules unchanged
     batch_size: int = 64  # global batch, split over processes
     lr: float = 1e-3  # at batch 256: lr · batch/256 is applied (DINO's scaling rule) when lr_scale
     lr_scale: bool = False
