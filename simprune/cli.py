@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   allow_abbrev=False))
     add_eval_args(sub.add_parser("eval", help="k-NN / linear probe of a checkpoint"))
     add_export_args(sub.add_parser("export", help="backbone weights as timm-named safetensors"))
+    from simprune.viz.cli import add_viz_args
+
+    add_viz_args(sub.add_parser("viz", help="pruning-mask figures (Figure 4/5 style)",
+                                allow_abbrev=False))
     try:
         from simprune.bench import study
 
@@ -150,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simprune.train.loop import TrainingError
+    from simprune.viz.cli import run_viz
 
-    handlers = {"train": run_train, "eval": run_eval, "export": run_export}
+    handlers = {"train": run_train, "eval": run_eval, "export": run_export, "viz": run_viz}
     try:
         if args.command == "study":
             from simprune.bench import study

@@ -75,6 +75,7 @@ class TrainConfig:
     out: str = "runs/default"
     log_every: int = 10
     ckpt_every: int = 100
+    keep_every: int = 0  # steps; also keep checkpoint_<step>.pt copies (for `simprune viz`); 0: none
     num_workers: int = 0
     knn_every: float = 0.0  # epochs; 0: only at the end
     knn_train: int = 10000
@@ -91,9 +92,9 @@ class TrainConfig:
 
 #: keys that may change when a run resumes (they do not change what is trained)
 RESUMABLE_CHANGES = frozenset({
-    "data", "test_split", "out", "log_every", "ckpt_every", "num_workers", "knn_every", "knn_train",
-    "knn_test",
-    "eval_at_end", "linear_probe", "progress_bar", "device", "max_steps", "time_limit",
+    "data", "test_split", "out", "log_every", "ckpt_every", "keep_every", "num_workers", "knn_every",
+    "knn_train", "knn_test", "eval_at_end", "linear_probe", "progress_bar", "device", "max_steps",
+    "time_limit",
 })
 
 

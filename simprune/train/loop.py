@@ -155,7 +155,10 @@ class Trainer:
 
     def save(self) -> None:
         if dist.is_main():
-            atomic_save(self.state_dict(), self.ckpt_path)
+            state = self.state_dict()
+            atomic_save(state, self.ckpt_path)
+            if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+                atomic_save(state, self.run_dir / f"checkpoint_{self.step:07d}.pt")
         dist.barrier()
 
     # --- one step --------------------------------------------------------------------------
