@@ -76,7 +76,11 @@ class DualBranch(nn.Module):
     def encode(self, globals_: Tensor, locals_: Tensor | None, progress: float) -> DualOutput:
         """Both backbones on ``globals_: [2B, C, H, W]`` (+ student ``locals_``), with pruning."""
         keep_rate, position = self.pruning_at(progress)
-        self.teacher.eval()
+        # Teacher backbone in eval mode (no drop-path); its head in train mode so BatchNorm (MoCo
+        # v3's momentum projector) normalises with batch statistics, as the reference does: the
+        # EMA copies parameters, not BN buffers, so running statistics would be meaningless.
+        self.teacher["backbone"].eval()
+        self.teacher["head"].train()
         return dual_forward(self.student["backbone"], self.teacher["backbone"], globals_, globals_,
                             self.reducer, keep_rate, position, locals_)
 

@@ -42,3 +42,19 @@ def test_framework_reducer_pairing_trains(framework, method, data_root, tmp_path
     after = trainer.framework.student.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it learned something
     assert (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_moco_teacher_head_uses_batch_statistics():
+    """The momentum projector's BatchNorm must normalise with batch statistics (its running
+    buffers are never trained), while the teacher backbone runs without drop-path."""
+    from simprune.frameworks import MoCoV3, PruneSettings
+    from simprune.models import create_model
+
+    torch.manual_seed(0)
+    fw = MoCoV3(create_model("vit_nano_patch4_32", drop_path_rate=0.5), PruneSettings(), dim=16,
+                hidden=32)
+    x = torch.randn(8, 3, 32, 32)
+    fw.encode(x, None, 0.0)
+    assert not fw.teacher["backbone"].training and fw.teacher["head"].training
+    feats = fw.teacher["head"].projector[:2](torch.randn(8, 48) * 50 + 3)  # Linear + BN
+    assert feats.mean(0).abs().max() < 1e-4  # batch-normalised, not running-stat normalised
