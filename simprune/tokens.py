@@ -84,9 +84,15 @@ def invert_keep(keep: Tensor, n: int) -> Tensor:
 
 
 def _gather_rows(t: Tensor, index: Tensor) -> Tensor:
-    """``t: [B, N, *]``, ``index: [B, K]`` -> ``[B, K, *]``."""
-    idx = index.reshape(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-    return t.gather(1, idx)
+    """``t: [B, N, *]``, ``index: [B, K]`` -> ``[B, K, *]``.
+
+    One ``index_select`` over the flattened batch: on CPU it is several times faster than
+    ``gather`` with an index expanded over the feature dimension, forward and backward.
+    """
+    b, n = t.shape[:2]
+    flat = (index + torch.arange(b, device=index.device).unsqueeze(1) * n).reshape(-1)
+    rows = t.reshape(b * n, *t.shape[2:]).index_select(0, flat)
+    return rows.reshape(b, index.shape[1], *t.shape[2:])
 
 
 def gather_patches(
@@ -111,8 +117,10 @@ def gather_patches(
         The reduced ``TokenState`` with ``P + K`` tokens.
     """
     p, n = state.num_prefix, state.num_patches
-    patches = state.patches if x_patches is None else x_patches
-    x = torch.cat([state.prefix, _gather_rows(patches, keep)], dim=1)
+    b = keep.shape[0]
+    seq = torch.cat([torch.arange(p, device=keep.device).expand(b, p), keep + p], dim=1)
+    src = state.x if x_patches is None else torch.cat([state.prefix, x_patches], dim=1)
+    x = _gather_rows(src, seq)  # prefix first, then the kept patches
     if old_to_new is None:
         old_to_new = invert_keep(keep, n)
     source = torch.where(
@@ -125,7 +133,6 @@ def gather_patches(
         size = torch.cat([full[:, :p], sp.gather(1, keep)], dim=1)
     mask = None
     if state.attn_mask is not None:
-        seq = torch.cat([torch.arange(p, device=keep.device).expand(keep.shape[0], p), keep + p], 1)
         rows = _gather_rows(state.attn_mask, seq)
         mask = rows.gather(2, seq.unsqueeze(1).expand(-1, seq.shape[1], -1))
     return TokenState(
