@@ -1,0 +1,301 @@
+"""Micro-benchmark: time of a pruned training computation over dense, next to its FLOPs ratio.
+
+Two computations, each against its dense counterpart with the same inputs:
+
+- ``student``: forward + backward of one branch, ``forward_reduced`` with a one-branch reducer
+  (default ``evit_nofuse``: CLS-attention top-K without fusion) over ``batch`` sequences.
+- ``simprune``: the lock-step ``dual_forward`` with SimPrune, student forward + backward and the
+  teacher's forward under ``no_grad`` on ``batch / 2`` images × 2 global views, against the dense
+  student forward + backward and dense teacher forward.
+
+Dense and pruned alternate within one process (order flipped every repeat), after warm-up; the
+figure is the median pruned time over the median dense time (METHOD.md, "Cost figures"), printed
+next to the analytic FLOPs ratio of exactly that computation (no heads) and, unless
+``--no-count``, the ratio ``torch.utils.flop_counter`` counts on one real step of each.
+
+Example: ``python -m simprune.bench.micro`` (about two minutes on two CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import ctypes.util
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from simprune.bench.flops_count import count_flops
+from simprune.bench.flops_model import dual_forward_flops, forward_flops, train_flops
+from simprune.drive import dual_forward, forward_reduced
+from simprune.models import create_model
+from simprune.models.vit import VisionTransformer
+from simprune.reducers import create_reducer
+
+DEFAULT_CASES = ("vit_micro_patch4_32:64", "deit_small_patch16_224:8")
+VARIANTS = ("student", "simprune")
+
+
+@dataclass
+class MicroResult:
+    """One benchmarked computation: medians in seconds and the ratios to dense."""
+
+    model: str
+    variant: str
+    reducer: str
+    keep_rate: float
+    rows: int
+    threads: int
+    repeats: int
+    dense_s: float
+    pruned_s: float
+    time_ratio: float
+    paired_ratio: float
+    cpu_time_ratio: float
+    dense_faults: float
+    pruned_faults: float
+    flops_ratio: float
+    counted_ratio: float | None
+    gap: float
+
+
+def keep_heap() -> bool:
+    """Stop glibc from returning freed activation memory to the OS between steps.
+
+    By default glibc serves large blocks by ``mmap`` and trims the heap on ``free``, so every step
+    page-faults its activations in afresh. The dense step's larger tensors cross those thresholds
+    where the pruned step's do not (measured on ``vit_micro_patch4_32``, 64 rows: ~26k minor faults
+    per dense step, ~0-2.6k per pruned one), which makes pruning look cheaper than its compute.
+    A GPU's caching allocator has no such cost. Returns whether ``mallopt`` was applied.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def _loss(cls: Tensor) -> Tensor:
+    return cls.float().pow(2).mean()
+
+
+def make_steps(model: VisionTransformer, variant: str, reducer_name: str, keep_rate: float,
+               rows: int, seed: int = 0) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(dense_step, pruned_step)`` closures doing forward + backward on fixed random inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    size = model.cfg.img_size
+    if variant == "student":
+        images = torch.randn(rows, 3, size, size, generator=gen)
+        reducer = create_reducer(reducer_name)
+
+        def student(red: object) -> Callable[[], None]:
+            def step() -> None:
+                model.zero_grad(set_to_none=True)
+                _loss(forward_reduced(model, images, red, keep_rate).cls).backward()
+            return step
+
+        return student(None), student(reducer)
+    if variant != "simprune":
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if rows % 2:
+        raise ValueError(f"the simprune variant needs an even number of rows (2 views), got {rows}")
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    s_views = torch.randn(rows, 3, size, size, generator=gen)
+    t_views = torch.randn(rows, 3, size, size, generator=gen)
+    reducer = create_reducer("simprune")
+
+    def dual(red: object) -> Callable[[], None]:
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            out = dual_forward(model, teacher, s_views, t_views, red, keep_rate, position=0.5)
+            _loss(out.student.cls).backward()
+        return step
+
+    return dual(None), dual(reducer)
+
+
+def analytic_ratio(model: str, variant: str, reducer_name: str, keep_rate: float, rows: int) -> float:
+    """FLOPs ratio (forward + backward of the trained branch, teacher forward) of the same step."""
+    if variant == "student":
+        pruned = {"student": forward_flops(model, reducer_name, keep_rate, batch=rows)}
+        dense = {"student": forward_flops(model, None, keep_rate, batch=rows)}
+    else:
+        pruned = dual_forward_flops(model, "simprune", keep_rate, batch=rows // 2)
+        dense = dual_forward_flops(model, None, keep_rate, batch=rows // 2)
+    return train_flops(pruned) / train_flops(dense)
+
+
+@dataclass
+class Timing:
+    """Medians of the dense and the pruned step: wall-clock and process-CPU seconds, and the
+    median over repeats of the paired ratio (pruned over the dense run next to it)."""
+
+    dense_s: float
+    pruned_s: float
+    dense_cpu_s: float
+    pruned_cpu_s: float
+    paired_ratio: float
+    dense_faults: float
+    pruned_faults: float
+
+
+def time_pair(dense: Callable[[], None], pruned: Callable[[], None], warmup: int,
+              repeats: int) -> Timing:
+    """Medians of ``dense`` and ``pruned``, interleaved (order flipped every repeat).
+
+    Process CPU time is recorded next to wall time: on a machine shared with other jobs it is
+    the steadier of the two with one thread (with several, it includes OpenMP spin-waiting).
+    The paired ratio cancels load that drifts slower than one dense + pruned pair.
+    """
+    for _ in range(warmup):
+        dense()
+        pruned()
+    wall: dict[int, list[float]] = {0: [], 1: []}
+    cpu: dict[int, list[float]] = {0: [], 1: []}
+    faults: dict[int, list[float]] = {0: [], 1: []}
+    fns = (dense, pruned)
+    for r in range(repeats):
+        for which in ((0, 1) if r % 2 == 0 else (1, 0)):
+            f0, t0, c0 = _minor_faults(), time.perf_counter(), time.process_time()
+            fns[which]()
+            wall[which].append(time.perf_counter() - t0)
+            cpu[which].append(time.process_time() - c0)
+            faults[which].append(_minor_faults() - f0)
+    med = statistics.median
+    paired = med(p / d for d, p in zip(wall[0], wall[1]))
+    return Timing(med(wall[0]), med(wall[1]), med(cpu[0]), med(cpu[1]), paired,
+                  med(faults[0]), med(faults[1]))
+
+
+def _minor_faults() -> float:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
+def bench_case(model_name: str, rows: int, variant: str, reducer_name: str, keep_rate: float,
+               warmup: int, repeats: int, count: bool = True) -> MicroResult:
+    torch.manual_seed(0)
+    model = create_model(model_name).train()
+    dense, pruned = make_steps(model, variant, reducer_name, keep_rate, rows)
+    counted = None
+    if count:
+        counted = count_flops(pruned) / count_flops(dense)
+    t = time_pair(dense, pruned, warmup, repeats)
+    flops = analytic_ratio(model_name, variant, reducer_name, keep_rate, rows)
+    ratio = t.pruned_s / t.dense_s
+    return MicroResult(model_name, variant, reducer_name if variant == "student" else "simprune",
+                       keep_rate, rows, torch.get_num_threads(), repeats, t.dense_s, t.pruned_s,
+                       ratio, t.paired_ratio, t.pruned_cpu_s / t.dense_cpu_s, t.dense_faults,
+                       t.pruned_faults, flops, counted, ratio - flops)
+
+
+def profile_case(model_name: str, rows: int, variant: str, reducer_name: str, keep_rate: float,
+                 top: int = 15) -> str:
+    """Self CPU time per op of one dense and one pruned step (after a warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = create_model(model_name).train()
+    out = []
+    for label, step in zip(("dense", "pruned"),
+                           make_steps(model, variant, reducer_name, keep_rate, rows)):
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        out.append(f"--- {model_name} {variant} {label}\n"
+                   + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+    return "\n".join(out)
+
+
+def parse_case(text: str) -> tuple[str, int]:
+    """``MODEL:ROWS`` -> ``(model, rows)``."""
+    name, _, rows = text.partition(":")
+    if not rows.isdigit() or int(rows) < 1:
+        raise argparse.ArgumentTypeError(f"expected MODEL:ROWS (e.g. vit_micro_patch4_32:64), got {text!r}")
+    return name, int(rows)
+
+
+def add_micro_args(parser: argparse.ArgumentParser) -> None:
+    """Options of ``simprune bench micro``."""
+    parser.add_argument("--case", type=parse_case, nargs="+", default=None, metavar="MODEL:ROWS",
+                        help=f"models and rows per branch (default: {' '.join(DEFAULT_CASES)})")
+    parser.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
+    parser.add_argument("--reducer", default="evit_nofuse", help="one-branch reducer of 'student'")
+    parser.add_argument("--keep-rate", type=float, default=0.8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: leave torch's default)")
+    parser.add_argument("--trim-heap", action="store_true",
+                        help="leave glibc's default heap trimming on (see keep_heap)")
+    parser.add_argument("--no-count", action="store_true", help="skip the FlopCounterMode ratio")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables too")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_micro(args: argparse.Namespace) -> int:
+    """``simprune bench micro``: time ratios next to FLOPs ratios. Bad names -> exit code 2."""
+    cases = args.case or [parse_case(c) for c in DEFAULT_CASES]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    heap_kept = False if args.trim_heap else keep_heap()
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1) and not args.json:
+        print(f"warning: 1-minute load average {load:.1f} on {os.cpu_count()} cores; other jobs "
+              "will distort wall-clock ratios", file=sys.stderr)
+    results: list[MicroResult] = []
+    try:
+        for model_name, rows in cases:
+            for variant in args.variant:
+                res = bench_case(model_name, rows, variant, args.reducer, args.keep_rate,
+                                 args.warmup, args.repeats, count=not args.no_count)
+                results.append(res)
+                if not args.json:
+                    print(format_result(res), flush=True)
+                if args.profile:
+                    print(profile_case(model_name, rows, variant, args.reducer, args.keep_rate),
+                          file=sys.stderr if args.json else sys.stdout)
+    except (KeyError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "heap_kept": heap_kept,
+                          "load_before": load, "load_after": os.getloadavg()[0],
+                          "results": [asdict(r) for r in results]}))
+    return 0
+
+
+def format_result(r: MicroResult) -> str:
+    counted = "-" if r.counted_ratio is None else f"{r.counted_ratio:.3f}"
+    return (f"{r.model} {r.variant} ({r.reducer}) keep {r.keep_rate} rows {r.rows} "
+            f"threads {r.threads}: "
+            f"dense {1e3 * r.dense_s:8.1f} ms, pruned {1e3 * r.pruned_s:8.1f} ms, time ratio "
+            f"{r.time_ratio:.3f} (paired {r.paired_ratio:.3f}, cpu {r.cpu_time_ratio:.3f}), "
+            f"FLOPs ratio {r.flops_ratio:.3f} (counted {counted}), "
+            f"gap {r.gap:+.3f}; page faults/step {r.dense_faults:.0f} dense, "
+            f"{r.pruned_faults:.0f} pruned")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="simprune bench micro", description=__doc__.split("\n")[0])
+    add_micro_args(parser)
+    return run_micro(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
