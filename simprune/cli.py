@@ -54,7 +54,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--knn-train", type=int, default=None, help="k-NN bank size (0: all)")
     p.add_argument("--knn-test", type=int, default=None, help="test images (0: all)")
     p.add_argument("--linear", action="store_true", help="also train a linear probe on frozen features")
-    p.add_argument("--branch", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--branch", choices=("teacher", "student"), default=None,
+                   help="backbone to evaluate (default: teacher for DINO, student for MoCo v3)")
     p.add_argument("--json", action="store_true")
 
 
@@ -88,7 +89,7 @@ def run_eval(args: argparse.Namespace) -> int:
     train_set = load_dataset(cfg.dataset, root, "train")
     test_set = load_dataset(cfg.dataset, root, cfg.test_split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = fw.teacher["backbone"] if args.branch == "teacher" else fw.student["backbone"]
+    backbone = fw.eval_backbone(args.branch)
     res = evaluate(backbone.to(device), train_set, test_set, cfg.dataset, len(train_set.classes),
                    device, cfg.knn_train if args.knn_train is None else args.knn_train,
                    cfg.knn_test if args.knn_test is None else args.knn_test, cfg.knn_k,
@@ -105,7 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run folder or checkpoint.pt")
     p.add_argument("--out", required=True, help="output .safetensors file")
-    p.add_argument("--branch", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--branch", choices=("teacher", "student"), default=None,
+                   help="backbone to export (default: teacher for DINO, student for MoCo v3)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -114,10 +116,10 @@ def run_export(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out!r} must end in .safetensors")
     _, fw, _ = _load_run(args.ckpt)
-    backbone = fw.teacher["backbone"] if args.branch == "teacher" else fw.student["backbone"]
+    backbone = fw.eval_backbone(args.branch)
     sd = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
     save_file(sd, args.out, metadata={"format": "pt", "names": "timm-vit"})
-    print(f"wrote {len(sd)} tensors ({args.branch} backbone, timm names) to {args.out}")
+    print(f"wrote {len(sd)} tensors ({args.branch or fw.eval_branch} backbone, timm names) to {args.out}")
     return 0
 
 

@@ -51,6 +51,9 @@ class DualBranch(nn.Module):
     Subclasses define the heads and the loss in ``forward(views, progress) -> StepOutput``.
     """
 
+    #: the backbone whose features evaluation reads, as the framework's reference protocol does
+    eval_branch: str = "teacher"
+
     def __init__(self, backbone: VisionTransformer, student_head: nn.Module,
                  teacher_head: nn.Module, prune: PruneSettings) -> None:
         super().__init__()
@@ -83,6 +86,13 @@ class DualBranch(nn.Module):
         self.teacher["head"].train()
         return dual_forward(self.student["backbone"], self.teacher["backbone"], globals_, globals_,
                             self.reducer, keep_rate, position, locals_)
+
+    def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
+        """The backbone to evaluate: ``branch`` ("teacher"/"student") or the framework's default."""
+        branch = branch or self.eval_branch
+        if branch not in ("teacher", "student"):
+            raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
+        return (self.teacher if branch == "teacher" else self.student)["backbone"]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

@@ -30,7 +30,9 @@ def info_nce(q: Tensor, k: Tensor, temperature: float) -> Tensor:
 
 
 class MoCoV3(DualBranch):
-    """MoCo v3 framework."""
+    """MoCo v3 framework. Evaluation reads the online (student) encoder, as MoCo v3 does."""
+
+    eval_branch = "student"
 
     def __init__(self, backbone: VisionTransformer, prune: PruneSettings, dim: int = 256,
                  hidden: int = 4096, temperature: float = 0.2) -> None:

@@ -309,14 +309,15 @@ class Trainer:
             test_set = load_dataset(cfg.dataset, self.root, cfg.test_split)
             num_classes = len(getattr(self.train_set, "classes", [])) or int(
                 self.train_set.labels.max()) + 1
-            res = evaluate(self.framework.teacher["backbone"], self.train_set, test_set, cfg.dataset,
+            res = evaluate(self.framework.eval_backbone(), self.train_set, test_set, cfg.dataset,
                            num_classes, self.device, cfg.knn_train, cfg.knn_test, cfg.knn_k,
                            cfg.knn_temperature, linear=cfg.linear_probe and final, seed=cfg.seed,
                            size=cfg.global_size)
             res["step"] = self.step
             self.eval_results.append(res)
             self.log.write({"step": self.step, "eval": res})
-            print(f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  (teacher CLS, "
+            print(f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  "
+                  f"({self.framework.eval_branch} CLS, "
                   f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']}, step {self.step})",
                   flush=True)
         dist.barrier()
