@@ -38,7 +38,9 @@ class TrainConfig:
     local_views: int = 0
     global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    color_ops: bool = True
+    color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
+    blur: bool = True  # Gaussian blur as in DINO / MoCo v3 (small images often do better without)
+    solarize: bool = True
     # optimisation
     epochs: float = 1.0
     max_steps: int = 0  # 0: epochs decide; else stop after this many steps (schedules still by epochs)

@@ -57,11 +57,15 @@ def build_augment(cfg: TrainConfig) -> nn.Module:
         return MultiCropAugment(MultiCropConfig(
             global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.local_views,
             global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
-            mean=mean, std=std, color_ops=cfg.color_ops))
+            mean=mean, std=std, color_ops=cfg.color_ops,
+            **({} if cfg.blur else {"blur_p_global": (0.0, 0.0), "blur_p_local": 0.0}),
+            **({} if cfg.solarize else {"solarize_p_global": (0.0, 0.0)})))
     if cfg.local_views:
         raise ValueError(f"local_views={cfg.local_views}: MoCo v3 uses two crops; set local_views=0")
-    return TwoCropAugment(TwoCropConfig(size=cfg.global_size, scale=tuple(cfg.global_scale),
-                                        mean=mean, std=std, color_ops=cfg.color_ops))
+    return TwoCropAugment(TwoCropConfig(
+        size=cfg.global_size, scale=tuple(cfg.global_scale), mean=mean, std=std,
+        color_ops=cfg.color_ops, **({} if cfg.blur else {"blur_p": (0.0, 0.0)}),
+        **({} if cfg.solarize else {"solarize_p": (0.0, 0.0)})))
 
 
 def check_config(cfg: TrainConfig) -> None:
