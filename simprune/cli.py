@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
         flops.add_flops_args(bench.add_parser("flops", help="analytic training FLOPs vs dense"))
         micro.add_micro_args(bench.add_parser("micro", help="pruned vs dense fwd+bwd time ratio"))
+        from simprune.bench import cost
+
+        cost.add_cost_args(bench.add_parser("cost", help="training-step time/FLOPs/memory vs dense"))
     except ImportError:  # pragma: no cover - bench module missing
         pass
     return parser
@@ -165,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return int(study.run_study(args) or 0)
         if args.command == "bench":
-            from simprune.bench import flops, micro
+            from simprune.bench import cost, flops, micro
 
-            fn = {"flops": flops.run_flops, "micro": micro.run_micro}[args.bench]
+            fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost}[args.bench]
             return int(fn(args) or 0)
         return handlers[args.command](args)
     except (*USER_ERRORS, TrainingError) as err:

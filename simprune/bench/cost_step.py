@@ -1,0 +1,266 @@
+"""One real SSL training step per variant (dense, or a method at a keep rate), and what it costs.
+
+A :class:`Variant` is a framework built by :func:`simprune.train.loop.build_framework` from its
+:class:`~simprune.train.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
+AdamW over the student; every variant starts from the dense variant's weights. Its step does what
+:meth:`simprune.train.loop.Trainer.train_step` does, in four timed phases:
+
+- ``augment``: the synthetic ``uint8`` batch through the device augmentation (seeded per round, so
+  every variant of a round sees the same views);
+- ``forward``: the framework forward (student, teacher, heads, loss) under autocast;
+- ``backward``: ``zero_grad`` and the backward;
+- ``update``: gradient clipping, the AdamW step and the teacher EMA.
+
+The schedules are frozen at ``progress`` (lr, weight decay and EMA momentum at their base values,
+no keep-rate warm-up, no frozen last layer): the cost of a steady-state step at the target keep
+rate. Measurements (:func:`count_step_flops`, :func:`saved_bytes`, :func:`cuda_peak`,
+:func:`time_rounds`) each run real steps, so the weights move as in training.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from simprune.bench.flops_count import count_flops
+from simprune.data.augment import Views
+from simprune.models.configs import model_config
+from simprune.train.config import TrainConfig
+from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config
+from simprune.train.optim import param_groups, set_hparams
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None  # type: ignore[assignment]
+
+PHASES = ("augment", "forward", "backward", "update")
+DENSE = "dense"
+
+
+@dataclass
+class Variant:
+    """A framework, its optimiser and augmentation, and the step that trains it."""
+
+    cfg: TrainConfig
+    framework: nn.Module
+    augment: nn.Module
+    opt: torch.optim.Optimizer
+    images: Tensor
+    progress: float = 0.5
+    times: dict[str, list[float]] = field(
+        default_factory=lambda: {p: [] for p in (*PHASES, "cpu", "faults")})
+
+    @property
+    def method(self) -> str:
+        return self.cfg.method
+
+    @property
+    def keep_rate(self) -> float:
+        return 1.0 if self.cfg.method == DENSE else self.cfg.keep_rate
+
+    @property
+    def label(self) -> str:
+        return DENSE if self.method == DENSE else f"{self.method}@{self.keep_rate:g}"
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def views(self, round_: int) -> Views:
+        """The augmented views of round ``round_`` (the same for every variant)."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self.cfg.seed * 1_000_003 + round_) * 131)
+            return self.augment(self.images)
+
+    def forward(self, views: Views) -> Tensor:
+        """The framework forward under the run's autocast; returns the loss."""
+        cfg = self.cfg
+        set_hparams(self.opt, cfg.lr, cfg.weight_decay)
+        self.framework.student.train()
+        dtype = PRECISIONS[cfg.precision]
+        with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return self.framework(views, self.progress).loss
+
+    def backward(self, loss: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def update(self) -> None:
+        """Clip, AdamW step and the teacher EMA, as ``Trainer.train_step``."""
+        if self.cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.framework.student.parameters(), self.cfg.clip_grad)
+        self.opt.step()
+        self.framework.update_teacher(self.cfg.momentum)
+
+    def step(self, round_: int, record: bool = False) -> None:
+        """One training step; with ``record`` the wall time of each phase and the process CPU
+        time of the whole step are appended to :attr:`times`."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else _no_sync
+        sync()
+        f0, c0 = _minor_faults(), time.process_time()
+        t = [time.perf_counter()]
+        views = self.views(round_)
+        sync()
+        t.append(time.perf_counter())
+        loss = self.forward(views)
+        sync()
+        t.append(time.perf_counter())
+        self.backward(loss)
+        sync()
+        t.append(time.perf_counter())
+        self.update()
+        sync()
+        t.append(time.perf_counter())
+        if record:
+            for name, a, b in zip(PHASES, t, t[1:]):
+                self.times[name].append(b - a)
+            self.times["cpu"].append(time.process_time() - c0)
+            self.times["faults"].append(float(_minor_faults() - f0))
+
+    def step_times(self) -> list[float]:
+        """Recorded wall time of each whole step (sum of its phases)."""
+        return [sum(parts) for parts in zip(*(self.times[p] for p in PHASES))]
+
+
+def _no_sync() -> None:
+    pass
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing): first touches
+    of freshly mapped memory, a cost of large activations on CPU that FLOPs do not see."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
+
+
+def synthetic_images(cfg: TrainConfig, in_chans: int, device: torch.device, size: int | None = None,
+                     seed: int = 0) -> Tensor:
+    """``uint8 [B, C, S, S]`` random pixels (``S`` = the global view size unless given)."""
+    s = size or cfg.global_size
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (cfg.batch_size, in_chans, s, s), dtype=torch.uint8,
+                         generator=gen).to(device)
+
+
+def build_variants(dense_cfg: TrainConfig, methods: Sequence[str], keep_rates: Sequence[float],
+                   device: torch.device, progress: float = 0.5,
+                   image_size: int | None = None) -> list[Variant]:
+    """Dense first, then every method at every keep rate, all from the dense variant's weights.
+
+    ``dense_cfg`` gives everything but ``method`` and ``keep_rate``.
+    """
+    cfgs = [replace(dense_cfg, method=DENSE, keep_rate=1.0)]
+    cfgs += [replace(dense_cfg, method=m, keep_rate=float(k)) for m in methods for k in keep_rates]
+    for cfg in cfgs:
+        check_config(cfg)
+    in_chans = model_config(dense_cfg.model).in_chans
+    images = synthetic_images(dense_cfg, in_chans, device, image_size, dense_cfg.seed)
+    torch.manual_seed(dense_cfg.seed)
+    variants: list[Variant] = []
+    for cfg in cfgs:
+        fw = build_framework(cfg).to(device)
+        if variants:
+            fw.load_state_dict(variants[0].framework.state_dict())
+        opt = torch.optim.AdamW(param_groups(fw.student), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        variants.append(Variant(cfg, fw, build_augment(cfg).to(device), opt, images, progress))
+    return variants
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def count_step_flops(v: Variant, round_: int) -> int:
+    """Matmul FLOPs ``FlopCounterMode`` counts in the forward and backward of one real step (the
+    augmentation's blur convolutions and the optimiser are outside the count)."""
+    views = v.views(round_)
+    total = count_flops(lambda: v.backward(v.forward(views)))
+    v.update()
+    return total
+
+
+def _storage_key(t: Tensor) -> tuple[str, int] | None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # e.g. sparse or functional tensors
+        return None
+    return str(t.device), storage.data_ptr()
+
+
+def saved_bytes(v: Variant, round_: int) -> int:
+    """Bytes of the unique storages autograd saves for backward during one real step's forward.
+
+    Parameters and buffers are left out (they live whatever the tokens); the input views, the
+    autocast copies of weights (bf16) and every activation count once per storage.
+    """
+    owned = {_storage_key(t) for t in (*v.framework.parameters(), *v.framework.buffers())}
+    seen: dict[tuple[str, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        key = _storage_key(t)
+        if key is not None and key not in owned:
+            seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    views = v.views(round_)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = v.forward(views)
+    v.backward(loss)
+    v.update()
+    return sum(seen.values())
+
+
+def cuda_peak(v: Variant, round_: int) -> tuple[int, int]:
+    """``(peak, peak above the step's start)`` allocated CUDA bytes over one real step."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(v.device)
+    base = torch.cuda.memory_allocated(v.device)
+    v.step(round_)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated(v.device)
+    return peak, peak - base
+
+
+def time_rounds(variants: Sequence[Variant], warmup: int, repeats: int, first_round: int = 0) -> int:
+    """Warm-up rounds, then ``repeats`` timed rounds, each over every variant once.
+
+    The order rotates by one variant each round, so no variant always follows the same one.
+    Returns the next unused round number.
+    """
+    r = first_round
+    for _ in range(warmup):
+        for v in variants:
+            v.step(r)
+        r += 1
+    gc.collect()
+    n = len(variants)
+    for i in range(repeats):
+        for j in range(n):
+            variants[(i + j) % n].step(r, record=True)
+        r += 1
+    return r
+
+
+def medians(v: Variant) -> dict[str, float]:
+    """Median seconds of the whole step, of each phase and of the step's process CPU time, and the
+    median minor page faults per step (``faults``)."""
+    out = {"step": statistics.median(v.step_times())}
+    out.update({name: statistics.median(ts) for name, ts in v.times.items()})
+    return out
+
+
+def profile_step(v: Variant, round_: int, top: int = 15) -> str:
+    """``torch.profiler`` table (self time per op) of one step of ``v``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if v.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        v.step(round_)
+    key = "self_cuda_time_total" if v.device.type == "cuda" else "self_cpu_time_total"
+    return f"--- {v.label}\n" + prof.key_averages().table(sort_by=key, row_limit=top)

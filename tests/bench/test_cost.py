@@ -1,0 +1,145 @@
+"""``simprune bench cost`` on a tiny model: files, ratios to dense, FLOPs cross-check, no overwrite.
+
+Timing ratios are noisy on shared machines: they are only checked to be positive and finite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from simprune.bench.cost import CSV_COLUMNS, add_cost_args, main, train_config
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--model", "vit_nano_patch4_32", "--batch-size", "4", "--warmup", "1", "--repeats", "2",
+        "--threads", "1"]
+METHODS = ["simprune", "evit", "tome"]
+RATES = [0.9, 0.7]
+
+
+@pytest.fixture(scope="module")
+def dino_run(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
+    """One DINO run with local views, every method at two keep rates."""
+    out = tmp_path_factory.mktemp("cost") / "dino"
+    argv = [*TINY, "--framework", "dino", "--local-views", "2", "--methods", *METHODS,
+            "--keep-rates", *map(str, RATES), "--set", "head_hidden=256", "--set", "out_dim=1024",
+            "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "cost.json").read_text())
+    with (out / "cost.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return out, res, rows
+
+
+def test_files_are_written_and_well_formed(dino_run):
+    out, res, rows = dino_run
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert len(rows) == len(res["rows"]) == 1 + len(METHODS) * len(RATES)
+    assert [(r["method"], float(r["keep_rate"])) for r in rows] == [
+        ("dense", 1.0), *((m, k) for m in METHODS for k in RATES)]
+    for r, j in zip(rows, res["rows"]):
+        assert float(r["time_ratio"]) == pytest.approx(j["time_ratio"])
+        assert float(r["memory_ratio"]) == pytest.approx(j["memory_ratio"])
+    assert res["framework"] == "dino" and res["model"] == "vit_nano_patch4_32"
+    assert res["local_views"] == 2 and res["memory_metric"] == "saved_for_backward"
+    assert set(res["load_avg"]) == {"start", "timing_start", "timing_end"}
+    png = (out / "cost.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_dense_ratios_are_one(dino_run):
+    dense = dino_run[1]["rows"][0]
+    assert dense["method"] == "dense" and dense["keep_rate"] == 1.0
+    for key in ("time_ratio", "cpu_time_ratio", "flops_ratio", "flops_ratio_counted", "memory_ratio",
+                "saved_ratio", "augment_ratio", "forward_ratio", "backward_ratio", "update_ratio"):
+        assert dense[key] == 1.0, key
+
+
+def test_memory_below_dense_and_falls_with_keep_rate(dino_run):
+    rows = dino_run[1]["rows"]
+    for m in METHODS:
+        mem = {r["keep_rate"]: r["memory_ratio"] for r in rows if r["method"] == m}
+        assert mem[0.7] < mem[0.9] < 1.0, (m, mem)
+
+
+def test_counted_flops_agree_with_analytic(dino_run):
+    for r in dino_run[1]["rows"]:
+        assert abs(r["flops_agreement"]) < 0.02, r
+        assert abs(r["counted_vs_analytic"]) < 0.02, r
+        if r["method"] != "dense":
+            assert r["flops_ratio"] < 1.0
+
+
+def test_time_ratios_are_positive_and_finite(dino_run):
+    rows = dino_run[1]["rows"]
+    for r in rows:
+        for key in ("time_ratio", "cpu_time_ratio", "augment_ratio", "forward_ratio",
+                    "backward_ratio", "update_ratio", "median_step_s"):
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+        assert sum(r[f"{p}_share"] for p in ("augment", "forward", "backward", "update")) == (
+            pytest.approx(1.0))
+    sp = [r for r in rows if r["method"] == "simprune"]
+    assert all(math.isfinite(r["simprune_vs_evit"]) and r["simprune_vs_evit"] > 0 for r in sp)
+    assert all(r["simprune_vs_evit"] is None for r in rows if r["method"] != "simprune")
+
+
+def test_never_overwrites(dino_run, capsys):
+    out = dino_run[0]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*TINY, "--methods", "evit", "--keep-rates", "0.8", "--out", str(out)]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_mocov3_json(tmp_path, capsys):
+    out = tmp_path / "moco"
+    argv = [*TINY, "--framework", "mocov3", "--methods", "simprune", "evit", "--keep-rates", "0.8",
+            "--set", "moco_hidden=128", "--json", "--no-plot", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)  # exactly one JSON object on stdout
+    assert res["framework"] == "mocov3" and res["config"]["moco_hidden"] == 128
+    assert sorted(p.name for p in out.iterdir()) == ["cost.csv", "cost.json"]
+    assert [r["method"] for r in res["rows"]] == ["dense", "simprune", "evit"]
+    for r in res["rows"]:
+        assert abs(r["flops_agreement"]) < 0.02 and abs(r["counted_vs_analytic"]) < 0.02
+    assert res["rows"][1]["memory_ratio"] < 1.0
+
+
+@pytest.mark.parametrize("extra", [
+    ["--methods", "nonsense"],
+    ["--methods", "evit", "--keep-rates", "1.5"],
+    ["--framework", "mocov3", "--local-views", "2"],
+    ["--methods", "dense"],
+    ["--set", "precision='fp16'"],
+    ["--set", "nonsense_key=1"],
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra):
+    out = tmp_path / "bad"
+    assert main([*TINY, *extra, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not out.exists()
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_cost_args(parser)
+    return parser.parse_args(argv)
+
+
+def test_config_precedence_and_defaults():
+    deit = train_config(parse([]))
+    assert (deit.framework, deit.model, deit.batch_size) == ("dino", "deit_small_patch16_224", 8)
+    assert (deit.global_size, deit.local_size, deit.method, deit.keep_rate) == (224, 96, "dense", 1.0)
+    recipe = str(REPO / "configs" / "cifar10_mocov3_simprune.toml")
+    cifar = train_config(parse(["--config", recipe]))
+    assert (cifar.framework, cifar.batch_size, cifar.moco_hidden, cifar.global_size) == (
+        "mocov3", 64, 1024, 32)
+    assert (cifar.method, cifar.keep_warmup) == ("dense", [0.0, 0.0])
+    flags = train_config(parse(["--config", recipe, "--set", "batch_size=16", "--set", "moco_hidden=512",
+                                "--batch-size", "32"]))
+    assert (flags.batch_size, flags.moco_hidden) == (32, 512)
