@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -99,17 +98,23 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The dense variant's config: recipe < ``--set`` < flags < defaults for what none gave."""
+    """The dense variant's config: recipe < ``--set`` < flags < defaults for what none gave.
+
+    A recipe's ``method``, ``keep_rate``, ``keep_warmup``, ``out`` and ``device`` are replaced by
+    the benchmark's own (every variant runs at its target keep rate).
+    """
     merged = {k: v for k, v in (load_recipe(args.config) if args.config else {}).items()
               if k not in SET_HERE}
+    fixed = sorted(set(dict(args.set)) & set(SET_HERE))
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)}: the benchmark sets these itself (use --methods, "
+                         "--keep-rates, --out, --device)")
     merged.update(dict(args.set))
     flags = {"framework": args.framework, "model": args.model, "batch_size": args.batch_size,
              "local_views": args.local_views, "local_size": args.local_size,
              "global_size": args.global_size, "reduce_at": args.reduce_at,
              "precision": args.precision, "seed": args.seed}
     merged.update({k: v for k, v in flags.items() if v is not None})
-    for key in SET_HERE:
-        merged.pop(key, None)
     merged.setdefault("framework", "dino")
     merged.setdefault("model", "deit_small_patch16_224")
     merged.setdefault("batch_size", 8)
@@ -212,7 +217,8 @@ def assemble(variants: Sequence[Variant], counted: dict[str, int], saved: dict[s
             "cuda_peak_mb": peaks[v.label][0] / 2**20 if peaks else None,
             "cuda_peak_ratio": peaks[v.label][0] / peaks[dense][0] if peaks else None,
             "cuda_peak_above_start_ratio": peaks[v.label][1] / peaks[dense][1] if peaks else None,
-            "simprune_vs_evit": None, "median_step_s": m["step"], "page_faults": m["faults"],
+            "simprune_vs_evit": None, "simprune_vs_evit_cpu": None, "median_step_s": m["step"],
+            "page_faults": m["faults"],
         }
         row["memory_ratio"] = row["cuda_peak_ratio"] if peaks else row["saved_ratio"]
         row.update({f"{p}_ratio": m[p] / d_med[p] for p in PHASES})
@@ -359,8 +365,7 @@ def run_cost(args: argparse.Namespace) -> int:
     else:
         print(format_table(res))
         print("wrote " + ", ".join(str(p) for p in paths))
-    bad = [r for r in res["rows"] if not all(math.isfinite(r[k]) for k in ("time_ratio", "memory_ratio"))]
-    return 1 if bad else 0
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

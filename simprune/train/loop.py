@@ -218,10 +218,12 @@ class Trainer:
         set_hparams(self.opt, lr, wd)
         views = self.views_for(step)
         self.framework.student.train()
+        # Free last step's gradients before the forward, not after: on a GPU they would otherwise
+        # sit in memory through the forward and raise peak memory by one gradient copy.
+        self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             out = self.model(views, t)
-        self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.opt)

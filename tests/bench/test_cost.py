@@ -117,6 +117,7 @@ def test_mocov3_json(tmp_path, capsys):
     ["--methods", "dense"],
     ["--set", "precision='fp16'"],
     ["--set", "nonsense_key=1"],
+    ["--set", "keep_rate=0.5"],
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra):
     out = tmp_path / "bad"
