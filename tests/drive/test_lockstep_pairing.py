@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from drive_testkit import images, pair_spy, tiny_model
+from reducer_testkit import images, pair_spy, tiny_model
 
 from simprune.drive import dual_forward, forward_reduced, lockstep_forward
 from simprune.drive.lockstep import roll_point, roll_tokens

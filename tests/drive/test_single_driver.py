@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from drive_testkit import Spy, images, tiny_model
+from reducer_testkit import Spy, images, tiny_model
 
 from simprune.drive import forward_reduced, rates_per_point
 from simprune.reducers import SimPruneReducer, create_reducer

@@ -1,4 +1,4 @@
-"""Helpers for the reducer tests: tiny models, synthetic reduction points and recording spies."""
+"""Shared helpers of the reducer and driver tests: tiny models, synthetic reduction points, spies."""
 
 from __future__ import annotations
 
