@@ -26,6 +26,12 @@ finished, with ``knn_top1``) are skipped; an interrupted one resumes from its ch
 same command continues a study. ``--time-limit`` bounds the whole sitting: each cell gets the
 minutes that are left as its ``time_limit`` and the sitting ends with checkpoints.
 
+Several sittings may run at once on one machine (one per CPU core or GPU, e.g. with
+``OMP_NUM_THREADS=1`` or ``CUDA_VISIBLE_DEVICES``): a sitting takes a cell by creating
+``<cell>/study.lock`` and skips cells another live sitting holds. A lock left by a killed sitting
+(its process is gone) is taken over. Locks are per machine: under ``torchrun`` the whole job is
+one sitting and takes no locks.
+
 The report (:mod:`simprune.bench.study_report`) is written into the out folder at the end of
 every sitting, and by ``--report-only`` from the cell folders alone. Outside a ``runs/`` folder
 (gitignored) existing report files are only replaced with ``--overwrite-report``.
@@ -66,6 +72,7 @@ REPO = Path(__file__).resolve().parents[2]
 LOG_NAME = "study.json"
 DESCRIPTION = "accuracy study: a grid of training runs (method × keep rate × seed) and its report"
 ERROR_NAME = "study_error.json"
+LOCK_NAME = "study.lock"
 
 
 @dataclass(frozen=True)
@@ -253,6 +260,55 @@ def check_cell_config(cell: Cell) -> None:
                          "for a changed study, or the same settings to continue it")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def take_lock(folder: Path) -> dict[str, Any] | None:
+    """Create ``folder/study.lock`` for this process. Returns ``None`` when taken, else the
+    holder's record (``pid``, ``host``, ``started``). A lock of a dead process on this host is
+    replaced; one from another host is respected (the user removes it if that sitting is gone)."""
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, ValueError):  # being written this instant, or garbage
+                holder = {}
+            stale = (holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
+                     and not _pid_alive(holder["pid"]))
+            if not stale:
+                return holder or {"pid": "?", "host": "?", "started": "?"}
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return None
+    return {"pid": "?", "host": "?", "started": "?"}
+
+
+def release_lock(folder: Path) -> None:
+    path = folder / LOCK_NAME
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
 def read_log(out: Path) -> dict[str, Any]:
     path = out / LOG_NAME
     return json.loads(path.read_text()) if path.is_file() else {"sittings": []}
@@ -261,8 +317,8 @@ def read_log(out: Path) -> dict[str, Any]:
 def run_cells(study: Study, time_limit: float = 0.0, log=None,
               counts: dict[str, float] | None = None) -> dict[str, float]:
     """Train every unfinished cell in order. Returns (and fills ``counts``, kept even when a cell
-    fails): ``skipped``, ``trained``, ``finished``, ``failed`` cells, ``stopped_by_time`` and
-    ``seconds``. A cell whose training fails (:class:`TrainingError`, e.g. a NaN loss) is recorded
+    fails): ``skipped``, ``trained``, ``finished``, ``failed`` cells, ``busy`` (held by another
+    sitting), ``stopped_by_time`` and ``seconds``. A cell whose training fails (:class:`TrainingError`, e.g. a NaN loss) is recorded
     in ``<cell>/study_error.json`` and the grid goes on; the next sitting tries it again.
 
     With ``time_limit`` (minutes, > 0) each cell gets the minutes left of the sitting as its own
@@ -277,7 +333,8 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
     start = time.perf_counter()
     n = len(study.cells)
     counts = {} if counts is None else counts
-    counts.update(skipped=0, trained=0, finished=0, failed=0, stopped_by_time=0)
+    counts.update(skipped=0, trained=0, finished=0, failed=0, busy=0, stopped_by_time=0)
+    locking = int(os.environ.get("WORLD_SIZE", "1")) == 1
     for cell in study.cells:
         check_cell_config(cell)
     try:
@@ -298,7 +355,26 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
                         "to continue")
                     break
                 cfg = replace(cfg, time_limit=left)
-            trainer = train_loop.Trainer(cfg)
+            if locking:
+                holder = take_lock(cell.folder)
+                if holder is not None:
+                    counts["busy"] += 1
+                    log(f"{head}: being trained by another sitting (pid {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('started')}), skipped")
+                    continue
+                res = read_results(cell.folder)  # finished while we waited for the lock?
+                if is_finished(res):
+                    release_lock(cell.folder)
+                    counts["skipped"] += 1
+                    counts["finished"] += 1
+                    log(f"{head}: finished, skipped (k-NN top-1 {res['knn_top1']:.2f}%)")
+                    continue
+            try:
+                trainer = train_loop.Trainer(cfg)
+            except BaseException:
+                if locking:
+                    release_lock(cell.folder)
+                raise
             state = (f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
                      else f"new, {trainer.total_steps} steps")
             log(f"{head} ({state})")
@@ -314,6 +390,8 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
                 continue
             finally:
                 del trainer
+                if locking:
+                    release_lock(cell.folder)
             counts["trained"] += 1
             if error_file.exists() and is_main():
                 error_file.unlink()
@@ -411,7 +489,12 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"\n{table}\n\n{done}/{len(study.cells)} cells finished; report: {study.out / 'results.md'}, "
           f"results.csv, cells.csv, tradeoff.png", flush=True)
     if done < len(study.cells) and not args.report_only:
-        print("run the same command again to continue the unfinished cells", flush=True)
+        busy = int(counts.get("busy", 0)) if not args.report_only else 0
+        if busy:
+            print(f"{busy} cells are being trained by another sitting; when it ends, "
+                  "run the same command again (or add --report-only) for the full table", flush=True)
+        else:
+            print("run the same command again to continue the unfinished cells", flush=True)
     return 0
 
 

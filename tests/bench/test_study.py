@@ -334,3 +334,47 @@ def test_shipped_recipes_load(recipe):
         assert cell.keep_rate in study.keep_rates and 60.0 < flops_percent(cell.config) < 95.0
     head = recipe.read_text().splitlines()[:3]
     assert any(f"simprune study --config studies/{recipe.name}" in line for line in head)
+
+
+def test_parallel_sittings_skip_locked_cells_and_take_over_stale_locks(tmp_path, monkeypatch, capsys):
+    """A cell locked by a live process (another sitting) is skipped and left alone; a lock left by
+    a process that is gone is taken over; the lock is released when the cell ends."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(loop, "Trainer", FakeTrainer)
+    methods = METHODS.replace('method = "simprune"', 'method = "random"')
+    recipe = write_study(tmp_path, methods=methods)
+    out = tmp_path / "runs" / "parallel"
+    dense, pruned = out / "dense" / "seed0", out / "simprune-sliding_kr0.8" / "seed0"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = __import__("socket").gethostname()
+    for folder, pid in ((dense, os.getppid()), (pruned, int(dead.stdout))):
+        folder.mkdir(parents=True)
+        (folder / "study.lock").write_text(json.dumps({"pid": pid, "host": host, "started": "t0"}))
+
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    text = capsys.readouterr().out
+    assert f"cell 1/2: Dense seed 0: being trained by another sitting (pid {os.getppid()}" in text
+    assert "cell 2/2: SimPrune sliding kr=0.8 seed 0 (new, 2 steps)" in text
+    assert "1 cells are being trained by another sitting" in text
+    assert not (dense / "results.json").exists() and (dense / "study.lock").exists()
+    assert (pruned / "results.json").exists() and not (pruned / "study.lock").exists()
+
+    (dense / "study.lock").unlink()  # that sitting ended
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    text = capsys.readouterr().out
+    assert "cell 1/2: Dense seed 0 (new, 2 steps)" in text and "2/2 cells finished" in text
+    assert not list(out.rglob("study.lock"))
+
+
+def test_take_lock_respects_another_host(tmp_path):
+    held = {"pid": 1, "host": "elsewhere.example", "started": "t0"}
+    (tmp_path / "study.lock").write_text(json.dumps(held))
+    assert study_mod.take_lock(tmp_path) == held
+    (tmp_path / "study.lock").unlink()
+    assert study_mod.take_lock(tmp_path) is None
+    assert json.loads((tmp_path / "study.lock").read_text())["pid"] == os.getpid()
+    study_mod.release_lock(tmp_path)
+    assert not (tmp_path / "study.lock").exists()
