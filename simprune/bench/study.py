@@ -318,8 +318,9 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
               counts: dict[str, float] | None = None) -> dict[str, float]:
     """Train every unfinished cell in order. Returns (and fills ``counts``, kept even when a cell
     fails): ``skipped``, ``trained``, ``finished``, ``failed`` cells, ``busy`` (held by another
-    sitting), ``stopped_by_time`` and ``seconds``. A cell whose training fails (:class:`TrainingError`, e.g. a NaN loss) is recorded
-    in ``<cell>/study_error.json`` and the grid goes on; the next sitting tries it again.
+    sitting), ``stopped_by_time`` and ``seconds``. A cell whose training fails
+    (:class:`TrainingError`, e.g. a NaN loss) is recorded in ``<cell>/study_error.json`` and the
+    grid goes on; the next sitting tries it again.
 
     With ``time_limit`` (minutes, > 0) each cell gets the minutes left of the sitting as its own
     ``time_limit``; once the minutes are spent no further cell starts (a cell stopped by the

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simprune.models.init import INITS, POS_EMBEDS, init_deit, init_moco, sincos_pos_embed
 from simprune.models.layers import AttentionExtras, Block, PatchEmbed
 from simprune.tokens import TokenState, initial_state
 
@@ -37,6 +38,9 @@ class ViTConfig:
     num_classes: int = 0
     drop_path_rate: float = 0.0
     reduce_at: tuple[int, ...] = (4, 7, 10)
+    init: str = "deit"  # deit | moco (see simprune.models.init)
+    pos_embed: str = "learned"  # learned | sincos (fixed, not trained)
+    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
 
 
 def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
@@ -82,6 +86,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"img_size {cfg.img_size} is not divisible by patch_size {cfg.patch_size}"
             )
+        for key, value, valid in (("init", cfg.init, INITS), ("pos_embed", cfg.pos_embed, POS_EMBEDS)):
+            if value not in valid:
+                raise ValueError(f"unknown ViT {key} {value!r}; valid: {', '.join(valid)}")
         self.cfg = cfg
         self.reduce_at = check_reduce_at(cfg.reduce_at, cfg.depth)
         self.num_prefix_tokens = 1
@@ -101,17 +108,15 @@ class VisionTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Truncated-normal(0.02) weights, zero biases, as DeiT initialises."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        """Initialise as ``cfg.init`` says (DeiT's by default); a ``sincos`` position embedding
+        is filled and frozen, and ``freeze_patch_embed`` stops the patch projection's gradient."""
+        (init_moco if self.cfg.init == "moco" else init_deit)(self)
+        if self.cfg.pos_embed == "sincos":
+            with torch.no_grad():
+                self.pos_embed.copy_(sincos_pos_embed(self.grid_size, self.embed_dim))
+            self.pos_embed.requires_grad_(False)
+        if self.cfg.freeze_patch_embed:
+            self.patch_embed.requires_grad_(False)
 
     @property
     def depth(self) -> int:

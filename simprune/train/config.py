@@ -22,6 +22,9 @@ class TrainConfig:
     # what to train
     framework: str = "mocov3"  # dino | mocov3
     model: str = "vit_micro_patch4_32"
+    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
+    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
+    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
     method: str = "simprune"  # dense | simprune | evit | evit_nofuse | tome | random | mean_sim | attn_topk
     keep_rate: float = 0.8
     reduce_at: list[int] = field(default_factory=lambda: [4, 7, 10])

@@ -21,6 +21,7 @@ from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import DINO, FRAMEWORKS, MoCoV3, PruneSettings
 from simprune.models import create_model
+from simprune.models.init import INITS, POS_EMBEDS
 from simprune.train import dist
 from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
 from simprune.train.config import TrainConfig, incompatible
@@ -41,7 +42,8 @@ def build_framework(cfg: TrainConfig) -> nn.Module:
     if cfg.framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
     backbone = create_model(cfg.model, reduce_at=tuple(cfg.reduce_at), drop_path_rate=cfg.drop_path,
-                            img_size=cfg.global_size)
+                            img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
+                            freeze_patch_embed=cfg.freeze_patch_embed)
     prune = PruneSettings(cfg.method, cfg.keep_rate, cfg.window, tuple(cfg.keep_warmup),
                           dict(cfg.reducer_options))
     if cfg.framework == "dino":
@@ -82,6 +84,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     if cfg.framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
+    for key, valid in (("init", INITS), ("pos_embed", POS_EMBEDS)):
+        if getattr(cfg, key) not in valid:
+            raise ValueError(f"unknown {key} {getattr(cfg, key)!r}; valid: {', '.join(valid)}")
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
 
