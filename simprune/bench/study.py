@@ -309,6 +309,19 @@ def release_lock(folder: Path) -> None:
         pass
 
 
+def skip_finished(cell: Cell, head: str, counts: dict[str, float], log) -> bool:
+    """Whether ``cell`` is already finished (then counted and logged as skipped)."""
+    from simprune.bench.study_report import is_finished, read_results
+
+    res = read_results(cell.folder)
+    if not is_finished(res):
+        return False
+    counts["skipped"] += 1
+    counts["finished"] += 1
+    log(f"{head}: finished, skipped (k-NN top-1 {res['knn_top1']:.2f}%)")
+    return True
+
+
 def read_log(out: Path) -> dict[str, Any]:
     path = out / LOG_NAME
     return json.loads(path.read_text()) if path.is_file() else {"sittings": []}
@@ -326,7 +339,6 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
     ``time_limit``; once the minutes are spent no further cell starts (a cell stopped by the
     limit keeps its checkpoint and resumes next time).
     """
-    from simprune.bench.study_report import is_finished, read_results
     from simprune.train import dist
     from simprune.train import loop as train_loop
 
@@ -341,11 +353,7 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
     try:
         for i, cell in enumerate(study.cells, start=1):
             head = f"cell {i}/{n}: {cell.label} seed {cell.seed}"
-            res = read_results(cell.folder)
-            if is_finished(res):
-                counts["skipped"] += 1
-                counts["finished"] += 1
-                log(f"{head}: finished, skipped (k-NN top-1 {res['knn_top1']:.2f}%)")
+            if skip_finished(cell, head, counts, log):
                 continue
             cfg = cell.config
             if time_limit > 0:
@@ -363,12 +371,8 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
                     log(f"{head}: being trained by another sitting (pid {holder.get('pid')} on "
                         f"{holder.get('host')} since {holder.get('started')}), skipped")
                     continue
-                res = read_results(cell.folder)  # finished while we waited for the lock?
-                if is_finished(res):
+                if skip_finished(cell, head, counts, log):  # finished by the sitting we raced?
                     release_lock(cell.folder)
-                    counts["skipped"] += 1
-                    counts["finished"] += 1
-                    log(f"{head}: finished, skipped (k-NN top-1 {res['knn_top1']:.2f}%)")
                     continue
             try:
                 trainer = train_loop.Trainer(cfg)
@@ -490,7 +494,7 @@ def run_study(args: argparse.Namespace) -> int:
     print(f"\n{table}\n\n{done}/{len(study.cells)} cells finished; report: {study.out / 'results.md'}, "
           f"results.csv, cells.csv, tradeoff.png", flush=True)
     if done < len(study.cells) and not args.report_only:
-        busy = int(counts.get("busy", 0)) if not args.report_only else 0
+        busy = int(counts.get("busy", 0))
         if busy:
             print(f"{busy} cells are being trained by another sitting; when it ends, "
                   "run the same command again (or add --report-only) for the full table", flush=True)

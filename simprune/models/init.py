@@ -24,6 +24,13 @@ INITS = ("deit", "moco")
 POS_EMBEDS = ("learned", "sincos")
 
 
+def check_init_options(init: str, pos_embed: str, where: str = "") -> None:
+    """Raise ``ValueError`` naming the valid values for an unknown ``init`` or ``pos_embed``."""
+    for key, value, valid in (("init", init, INITS), ("pos_embed", pos_embed, POS_EMBEDS)):
+        if value not in valid:
+            raise ValueError(f"unknown {where}{key} {value!r}; valid: {', '.join(valid)}")
+
+
 def sincos_pos_embed(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> Tensor:
     """Fixed 2-D sine-cosine position embedding ``[1, 1 + gh·gw, dim]`` (the CLS row is zero).
 
@@ -78,4 +85,4 @@ def init_moco(model: nn.Module) -> None:
     nn.init.normal_(model.cls_token, std=1e-6)
 
 
-__all__ = ["INITS", "POS_EMBEDS", "init_deit", "init_moco", "sincos_pos_embed"]
+__all__ = ["INITS", "POS_EMBEDS", "check_init_options", "init_deit", "init_moco", "sincos_pos_embed"]

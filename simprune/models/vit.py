@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simprune.models.init import INITS, POS_EMBEDS, init_deit, init_moco, sincos_pos_embed
+from simprune.models.init import check_init_options, init_deit, init_moco, sincos_pos_embed
 from simprune.models.layers import AttentionExtras, Block, PatchEmbed
 from simprune.tokens import TokenState, initial_state
 
@@ -86,9 +86,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"img_size {cfg.img_size} is not divisible by patch_size {cfg.patch_size}"
             )
-        for key, value, valid in (("init", cfg.init, INITS), ("pos_embed", cfg.pos_embed, POS_EMBEDS)):
-            if value not in valid:
-                raise ValueError(f"unknown ViT {key} {value!r}; valid: {', '.join(valid)}")
+        check_init_options(cfg.init, cfg.pos_embed, "ViT ")
         self.cfg = cfg
         self.reduce_at = check_reduce_at(cfg.reduce_at, cfg.depth)
         self.num_prefix_tokens = 1

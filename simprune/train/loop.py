@@ -21,7 +21,7 @@ from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import DINO, FRAMEWORKS, MoCoV3, PruneSettings
 from simprune.models import create_model
-from simprune.models.init import INITS, POS_EMBEDS
+from simprune.models.init import check_init_options
 from simprune.train import dist
 from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
 from simprune.train.config import TrainConfig, incompatible
@@ -84,9 +84,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     if cfg.framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
-    for key, valid in (("init", INITS), ("pos_embed", POS_EMBEDS)):
-        if getattr(cfg, key) not in valid:
-            raise ValueError(f"unknown {key} {getattr(cfg, key)!r}; valid: {', '.join(valid)}")
+    check_init_options(cfg.init, cfg.pos_embed)
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
 
