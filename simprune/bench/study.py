@@ -52,6 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from simprune.train.checkpoint import atomic_write_text
 from simprune.train.config import TrainConfig, incompatible, load_recipe, make_config, tomllib, valid_keys
 
 STUDY_KEYS = {
@@ -479,12 +480,14 @@ def run_study(args: argparse.Namespace) -> int:
             run_cells(study, args.time_limit, counts=counts)
         finally:
             if is_main():
+                # Re-read: a sitting of the same study side by side may have logged meanwhile.
+                log_data = read_log(study.out)
                 log_data.setdefault("sittings", []).append({
                     "command": command, "started": started, "seeds": study.seeds,
                     "wall_seconds": counts.get("seconds", None), "cells_trained": counts.get("trained"),
                     "cells_finished": counts.get("finished"), "cells": len(study.cells)})
                 study.out.mkdir(parents=True, exist_ok=True)
-                (study.out / LOG_NAME).write_text(json.dumps(log_data, indent=2))
+                atomic_write_text(study.out / LOG_NAME, json.dumps(log_data, indent=2))
     if not is_main():
         return 0
     training = [s for s in log_data.get("sittings", []) if s.get("command")]

@@ -23,7 +23,14 @@ from simprune.frameworks import DINO, FRAMEWORKS, MoCoV3, PruneSettings
 from simprune.models import create_model
 from simprune.models.init import check_init_options
 from simprune.train import dist
-from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
+from simprune.train.checkpoint import (
+    CKPT_NAME,
+    atomic_save,
+    atomic_write_text,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from simprune.train.config import TrainConfig, incompatible
 from simprune.train.evaluate import evaluate
 from simprune.train.log import MetricsLog, Progress
@@ -247,7 +254,7 @@ class Trainer:
         main = dist.is_main()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._sitting_start, self._eval_seconds = time.perf_counter(), 0.0
         progress = Progress(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
@@ -301,7 +308,7 @@ class Trainer:
         if self.step >= self.total_steps and cfg.eval_at_end:
             result.update(self._evaluate(final=True))
         if main:
-            (self.run_dir / "results.json").write_text(json.dumps(result, indent=2))
+            atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2))
         return result
 
     def _evaluate(self, final: bool) -> dict[str, Any]:

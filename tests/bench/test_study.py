@@ -378,3 +378,21 @@ def test_take_lock_respects_another_host(tmp_path):
     assert json.loads((tmp_path / "study.lock").read_text())["pid"] == os.getpid()
     study_mod.release_lock(tmp_path)
     assert not (tmp_path / "study.lock").exists()
+
+
+def test_side_by_side_sittings_both_logged(tmp_path, monkeypatch):
+    """A sitting of the same study that ends while this one trains keeps its study.json entry."""
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "log"
+
+    def other_sitting_ends(study, time_limit, counts=None, log=None):
+        (study.out / "study.json").write_text(json.dumps({"sittings": [{"command": "other"}]}))
+        counts.update(trained=0, finished=0, seconds=1.0)
+        return counts
+
+    monkeypatch.setattr(study_mod, "run_cells", other_sitting_ends)
+    out.mkdir(parents=True)
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    sittings = json.loads((out / "study.json").read_text())["sittings"]
+    assert [s["command"] for s in sittings][0] == "other" and len(sittings) == 2
+    assert sittings[1]["command"].startswith("simprune study --config")
