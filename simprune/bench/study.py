@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from simprune.train.checkpoint import atomic_write_text
+from simprune.atomic import atomic_write_text
 from simprune.train.config import TrainConfig, incompatible, load_recipe, make_config, tomllib, valid_keys
 
 STUDY_KEYS = {

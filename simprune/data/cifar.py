@@ -33,7 +33,6 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import IO
 import numpy as np
 import torch
 from PIL import Image
+
+from simprune.atomic import atomic_write
 
 from .base import (
     ArrayDataset,
@@ -164,8 +165,7 @@ def _read_cache(path: Path, digest: str, split: str) -> tuple[np.ndarray, np.nda
 
 
 def _write_cache(path: Path, digest: str, decoded: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write atomically (:func:`simprune.atomic.atomic_write`)."""
     arrays: dict[str, np.ndarray] = {
         "source_sha256": np.array(digest),
         "version": np.array(_CACHE_VERSION),
@@ -173,17 +173,8 @@ def _write_cache(path: Path, digest: str, decoded: dict) -> None:
     }
     for split, (images, labels, _) in decoded.items():
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: reloads in a fraction of a second
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # uncompressed: reloads in a fraction of a second
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_jpeg_archive_cached(

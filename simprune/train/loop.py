@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune.atomic import atomic_write_text
 from simprune.data import load_dataset, resolve_data_root
 from simprune.data.augment import MultiCropAugment, MultiCropConfig, TwoCropAugment, TwoCropConfig
 from simprune.data.stats import dataset_stats
@@ -26,7 +27,6 @@ from simprune.train import dist
 from simprune.train.checkpoint import (
     CKPT_NAME,
     atomic_save,
-    atomic_write_text,
     load_checkpoint,
     rng_state,
     set_rng_state,

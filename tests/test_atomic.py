@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simprune.train import checkpoint
-from simprune.train.checkpoint import atomic_write_text
+from simprune import atomic
+from simprune.atomic import atomic_write_text
 
 
 def test_atomic_write_text_replaces_whole_file(tmp_path):
@@ -24,7 +24,7 @@ def test_atomic_write_text_failure_keeps_old_content(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
+    monkeypatch.setattr(atomic.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
