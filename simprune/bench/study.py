@@ -471,7 +471,6 @@ def run_study(args: argparse.Namespace) -> int:
     check_report_target(study.out, args.overwrite_report)
     for cell in study.cells:
         check_cell_config(cell)
-    log_data = read_log(study.out)
     command = command_line(args)
     if not args.report_only:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -480,16 +479,16 @@ def run_study(args: argparse.Namespace) -> int:
             run_cells(study, args.time_limit, counts=counts)
         finally:
             if is_main():
-                # Re-read: a sitting of the same study side by side may have logged meanwhile.
+                # Read now, not at the start: a sitting side by side may have logged meanwhile.
                 log_data = read_log(study.out)
                 log_data.setdefault("sittings", []).append({
                     "command": command, "started": started, "seeds": study.seeds,
                     "wall_seconds": counts.get("seconds", None), "cells_trained": counts.get("trained"),
                     "cells_finished": counts.get("finished"), "cells": len(study.cells)})
-                study.out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(study.out / LOG_NAME, json.dumps(log_data, indent=2))
     if not is_main():
         return 0
+    log_data = read_log(study.out)
     training = [s for s in log_data.get("sittings", []) if s.get("command")]
     shown = training[-1]["command"] if training else command
     rows, table = write_report(study, study.out, shown, log_data)

@@ -24,13 +24,7 @@ from simprune.frameworks import DINO, FRAMEWORKS, MoCoV3, PruneSettings
 from simprune.models import create_model
 from simprune.models.init import check_init_options
 from simprune.train import dist
-from simprune.train.checkpoint import (
-    CKPT_NAME,
-    atomic_save,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
+from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
 from simprune.train.config import TrainConfig, incompatible
 from simprune.train.evaluate import evaluate
 from simprune.train.log import MetricsLog, Progress
