@@ -12,6 +12,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from simprune.interrupt import exit_code, sigterm_interrupts
 from simprune.train.config import TrainConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, TypeError)
@@ -163,23 +164,28 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers = {"train": run_train, "eval": run_eval, "export": run_export, "viz": run_viz}
     try:
-        if args.command == "study":
-            from simprune.bench import study
-
-            return int(study.run_study(args) or 0)
-        if args.command == "bench":
-            from simprune.bench import cost, flops, micro
-
-            fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost}[args.bench]
-            return int(fn(args) or 0)
-        return handlers[args.command](args)
+        with sigterm_interrupts():
+            return _dispatch(args, handlers)
     except (*USER_ERRORS, TrainingError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"simprune: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
         print("simprune: interrupted; run the same command to resume", file=sys.stderr)
-        return 130
+        return exit_code(err)
+
+
+def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
+    if args.command == "study":
+        from simprune.bench import study
+
+        return int(study.run_study(args) or 0)
+    if args.command == "bench":
+        from simprune.bench import cost, flops, micro
+
+        fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost}[args.bench]
+        return int(fn(args) or 0)
+    return int(handlers[args.command](args))
 
 
 if __name__ == "__main__":

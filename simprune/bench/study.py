@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from simprune.atomic import atomic_write_text
+from simprune.interrupt import exit_code, sigterm_interrupts
 from simprune.train.config import TrainConfig, incompatible, load_recipe, make_config, tomllib, valid_keys
 
 STUDY_KEYS = {
@@ -512,11 +513,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from simprune.train.loop import TrainingError
 
     try:
-        return run_study(args)
+        with sigterm_interrupts():
+            return run_study(args)
     except (ValueError, KeyError, FileNotFoundError, TypeError, TrainingError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"simprune study: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the sitting is logged on the way out
+        print("simprune study: interrupted; run the same command to continue", file=sys.stderr)
+        return exit_code(err)
 
 
 if __name__ == "__main__":

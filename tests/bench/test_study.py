@@ -396,3 +396,33 @@ def test_side_by_side_sittings_both_logged(tmp_path, monkeypatch):
     sittings = json.loads((out / "study.json").read_text())["sittings"]
     assert [s["command"] for s in sittings][0] == "other" and len(sittings) == 2
     assert sittings[1]["command"].startswith("simprune study --config")
+
+
+def test_sigterm_ends_a_sitting_cleanly(data_root, tmp_path):
+    """SIGTERM (a scheduler, ``kill``) stops ``simprune study`` like Ctrl-C: exit 143, a message,
+    the sitting logged in study.json, the cell's lock released, and the cell resumable."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_study(tmp_path, data_root)
+    out = tmp_path / "runs" / "term"
+    metrics = out / "dense" / "seed0" / "metrics.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "simprune.cli", "study", "--config", str(recipe), "--out", str(out),
+           "--set", "epochs=20"]  # 160 steps: long enough to be stopped mid-cell
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted; run the same command to" in err
+    sittings = json.loads((out / "study.json").read_text())["sittings"]
+    assert len(sittings) == 1 and sittings[0]["cells_trained"] == 0
+    assert not (out / "dense" / "seed0" / "study.lock").exists()
+    assert load_checkpoint(out / "dense" / "seed0" / "checkpoint.pt")["step"] >= 1
