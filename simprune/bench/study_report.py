@@ -293,9 +293,19 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
 
 
+def point_label(keep_rate: float | None, seeds: int, most: int) -> str:
+    """A trade-off point's label: its keep rate, plus its seed count when it has fewer finished
+    seeds than the study's best-covered point (so a single-seed point is not read as a mean)."""
+    parts = [f"{keep_rate:g}"] if keep_rate is not None else []
+    if seeds < most:
+        parts.append(f"{seeds} seed" + ("s" if seeds != 1 else ""))
+    return ", ".join(parts)
+
+
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     """k-NN and linear top-1 against training FLOPs % of dense, one marker and colour per method,
-    error bars = std over seeds, each point labelled with its keep rate."""
+    error bars = std over seeds, each point labelled with its keep rate. Points with fewer
+    finished seeds than the best-covered one are drawn hollow and labelled with their seed count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,24 +314,29 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     colours = plt.get_cmap("tab10").colors
     methods = list(dict.fromkeys(r.method for r in rows))
+    most = max((r.seeds_finished for r in rows), default=0)
     plotted = False
     for ax, key, label in ((axes[0], "knn", "k-NN top-1 (%)"), (axes[1], "linear", "linear top-1 (%)")):
         for i, method in enumerate(methods):
-            pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate) for r in rows
+            pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate, r.seeds_finished) for r in rows
                          if r.method == method and r.flops_pct is not None and getattr(r, key))
             if not pts:
                 continue
             xs = [p[0] for p in pts]
             ys = [p[1][0] for p in pts]
             err = [0.0 if math.isnan(p[1][1]) else p[1][1] for p in pts]
-            ax.errorbar(xs, ys, yerr=err, marker=MARKERS[i % len(MARKERS)], color=colours[i % 10],
+            colour, marker = colours[i % 10], MARKERS[i % len(MARKERS)]
+            ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour,
                         capsize=3, linestyle="-" if len(pts) > 1 else "none", label=method)
-            for x, y, (_, _, rate) in zip(xs, ys, pts):
-                if rate is not None:
-                    ax.annotate(f"{rate:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            for x, y, (_, _, rate, seeds) in zip(xs, ys, pts):
+                if seeds < most:
+                    ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="white", linestyle="none")
+                text = point_label(rate, seeds, most)
+                if text:
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             plotted = True
             if len(pts) == 1 and pts[0][2] is None:  # dense (runs once): a reference line
-                ax.axhline(ys[0], color=colours[i % 10], linestyle=":", linewidth=1, alpha=0.7)
+                ax.axhline(ys[0], color=colour, linestyle=":", linewidth=1, alpha=0.7)
         ax.set_xlabel("training FLOPs (% of dense)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -330,7 +345,8 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     else:
         for ax in axes:
             ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"{title}: accuracy vs training cost (error bars: std over seeds)", fontsize=10)
+    note = f"error bars: std over seeds; hollow: fewer than {most} seeds" if most > 1 else "1 seed"
+    fig.suptitle(f"{title}: accuracy vs training cost ({note})", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -349,6 +365,6 @@ def write_report(study: Study, out: Path, command: str, log: dict[str, Any]) -> 
 
 __all__ = [
     "CELL_COLUMNS", "CSV_COLUMNS", "REPORT_FILES", "CellResult", "Row", "aggregate", "flops_percent",
-    "flops_ratio", "is_finished", "markdown_table", "mean_std", "read_cell", "read_results",
-    "step_config", "write_report",
+    "flops_ratio", "is_finished", "markdown_table", "mean_std", "point_label", "read_cell", "read_results",
+    "step_config", "write_plot", "write_report",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import pytest
 from simprune.bench import study as study_mod
 from simprune.bench.flops import StepConfig, step_report
 from simprune.bench.study import add_study_args, load_study, parse_sets, run_study
-from simprune.bench.study_report import CSV_COLUMNS, flops_percent, flops_ratio, step_config
+from simprune.bench.study_report import (
+    CSV_COLUMNS,
+    Row,
+    flops_percent,
+    flops_ratio,
+    point_label,
+    step_config,
+    write_plot,
+)
 from simprune.train import loop
 from simprune.train.checkpoint import load_checkpoint
 from simprune.train.config import make_config
@@ -426,3 +435,18 @@ def test_sigterm_ends_a_sitting_cleanly(data_root, tmp_path):
     assert len(sittings) == 1 and sittings[0]["cells_trained"] == 0
     assert not (out / "dense" / "seed0" / "study.lock").exists()
     assert load_checkpoint(out / "dense" / "seed0" / "checkpoint.pt")["step"] >= 1
+
+
+def test_plot_marks_points_with_fewer_seeds(tmp_path):
+    """A point with fewer finished seeds than the best-covered one says so in its label."""
+    assert point_label(0.8, 2, 2) == "0.8"
+    assert point_label(0.8, 1, 2) == "0.8, 1 seed"
+    assert point_label(None, 1, 3) == "1 seed"
+    assert point_label(None, 2, 2) == ""
+    rows = [Row("Dense", "dense", None, 2, 2, (35.5, 0.4), (40.0, 0.3), 100.0, 10.0),
+            Row("EViT", "evit", 0.8, 2, 1, (35.1, math.nan), (39.0, math.nan), 77.0, 8.0),
+            Row("EViT", "evit", 0.7, 2, 0, None, None, 68.0, None)]
+    write_plot(rows, tmp_path / "p.png", "t")
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "p.png").ndim == 3
