@@ -58,7 +58,8 @@ class TrainConfig:
     clip_grad: float = 3.0
     drop_path: float = 0.1
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    momentum: float = 0.996  # teacher EMA start; cosine to 1
+    momentum: float = 0.996  # teacher EMA start; cosine to momentum_end
+    momentum_end: float = 1.0  # DINO and MoCo v3 end at 1 (a frozen teacher)
     # DINO
     out_dim: int = 4096
     head_hidden: int = 2048
@@ -164,7 +165,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 def incompatible(saved: dict[str, Any], current: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between a checkpoint's config and ``current`` (beyond the
-    keys that may change on resume)."""
+    keys that may change on resume). A key the checkpoint predates (added to simprune later) counts
+    as having its default value, so old runs stay resumable under the settings they had."""
     now = current.to_dict()
-    keys = (set(saved) | set(now)) - RESUMABLE_CHANGES
-    return {k: (saved.get(k), now.get(k)) for k in sorted(keys) if saved.get(k) != now.get(k)}
+    then = {**TrainConfig().to_dict(), **saved}
+    keys = (set(then) | set(now)) - RESUMABLE_CHANGES
+    return {k: (then.get(k), now.get(k)) for k in sorted(keys) if then.get(k) != now.get(k)}

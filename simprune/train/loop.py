@@ -86,6 +86,9 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
     check_init_options(cfg.init, cfg.pos_embed)
+    if not 0.0 <= cfg.momentum <= 1.0 or not 0.0 <= cfg.momentum_end <= 1.0:
+        raise ValueError(f"momentum and momentum_end (teacher EMA) must be in [0, 1], got "
+                         f"{cfg.momentum} and {cfg.momentum_end}")
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
 
@@ -237,7 +240,7 @@ class Trainer:
                 p.grad = None
         self.scaler.step(self.opt)
         self.scaler.update()
-        momentum = cosine(cfg.momentum, 1.0, t)
+        momentum = cosine(cfg.momentum, cfg.momentum_end, t)
         self.framework.update_teacher(momentum)
         logs = {"lr": lr, "wd": wd, "momentum": momentum, **out.logs}
         return out.loss.detach(), logs

@@ -96,6 +96,26 @@ def test_incompatible_checkpoint_is_refused(finished_run, data_root):
     assert_untouched(run, before)
 
 
+def test_checkpoint_from_before_a_new_key_resumes_under_its_default():
+    """A key added to simprune after a checkpoint was made counts as its default: the old run
+    resumes unchanged, and setting the new key to anything else is refused."""
+    from simprune.train.config import TrainConfig, incompatible
+
+    saved = TrainConfig().to_dict()
+    del saved["momentum_end"]
+    assert incompatible(saved, TrainConfig()) == {}
+    assert incompatible(saved, TrainConfig(momentum_end=0.99)) == {"momentum_end": (1.0, 0.99)}
+
+
+@pytest.mark.parametrize("key", ["momentum", "momentum_end"])
+def test_invalid_momentum(finished_run, data_root, key):
+    run, cfg = finished_run
+    before = snapshot(run)
+    res = train(cli_args(**dict(cfg, **{key: "1.5"})), run_env(data_root))
+    assert res.returncode == 2 and "momentum" in res.stderr and "[0, 1]" in res.stderr
+    assert_untouched(run, before)
+
+
 def test_unknown_method_lists_known(finished_run, data_root):
     run, cfg = finished_run
     res = train(cli_args(**dict(cfg, method="evitt", out=run.parent / "other")), run_env(data_root))
