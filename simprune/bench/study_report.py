@@ -330,7 +330,8 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
                         capsize=3, linestyle="-" if len(pts) > 1 else "none", label=method)
             for x, y, (_, _, rate, seeds) in zip(xs, ys, pts):
                 if seeds < most:
-                    ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="white", linestyle="none")
+                    ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="white", linestyle="none",
+                            zorder=3)
                 text = point_label(rate, seeds, most)
                 if text:
                     ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
