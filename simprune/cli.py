@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         from simprune.bench import study
 
         study.add_study_args(sub.add_parser("study", help="accuracy study: grid of runs + report",
-                                            allow_abbrev=False))
+                                            description=study.DESCRIPTION, allow_abbrev=False))
     except ImportError:  # pragma: no cover
         pass
     bench = sub.add_parser("bench", help="cost benchmarks").add_subparsers(dest="bench", required=True)
@@ -160,12 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simprune.train.loop import TrainingError
-    from simprune.viz.cli import run_viz
 
-    handlers = {"train": run_train, "eval": run_eval, "export": run_export, "viz": run_viz}
     try:
         with sigterm_interrupts():
-            return _dispatch(args, handlers)
+            return _dispatch(args)
     except (*USER_ERRORS, TrainingError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"simprune: error: {msg}", file=sys.stderr)
@@ -175,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(err)
 
 
-def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors and interrupts propagate to :func:`main`."""
     if args.command == "study":
         from simprune.bench import study
 
@@ -185,6 +184,9 @@ def _dispatch(args: argparse.Namespace, handlers: dict[str, Any]) -> int:
 
         fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost}[args.bench]
         return int(fn(args) or 0)
+    from simprune.viz.cli import run_viz
+
+    handlers = {"train": run_train, "eval": run_eval, "export": run_export, "viz": run_viz}
     return int(handlers[args.command](args))
 
 

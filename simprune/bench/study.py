@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from simprune.atomic import atomic_write_text
-from simprune.interrupt import exit_code, sigterm_interrupts
 from simprune.train.config import TrainConfig, incompatible, load_recipe, make_config, tomllib, valid_keys
 
 STUDY_KEYS = {
@@ -507,21 +506,11 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="simprune study", description=DESCRIPTION)
-    add_study_args(parser)
-    args = parser.parse_args(argv)
-    from simprune.train.loop import TrainingError
+    """``python -m simprune.bench.study``: the same as ``simprune study`` (one place handles user
+    errors, Ctrl-C and SIGTERM: :func:`simprune.cli.main`)."""
+    from simprune.cli import main as cli_main
 
-    try:
-        with sigterm_interrupts():
-            return run_study(args)
-    except (ValueError, KeyError, FileNotFoundError, TypeError, TrainingError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"simprune study: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the sitting is logged on the way out
-        print("simprune study: interrupted; run the same command to continue", file=sys.stderr)
-        return exit_code(err)
+    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

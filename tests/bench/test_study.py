@@ -8,6 +8,10 @@ import csv
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -410,11 +414,6 @@ def test_side_by_side_sittings_both_logged(tmp_path, monkeypatch):
 def test_sigterm_ends_a_sitting_cleanly(data_root, tmp_path):
     """SIGTERM (a scheduler, ``kill``) stops ``simprune study`` like Ctrl-C: exit 143, a message,
     the sitting logged in study.json, the cell's lock released, and the cell resumable."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     recipe = write_study(tmp_path, data_root)
     out = tmp_path / "runs" / "term"
     metrics = out / "dense" / "seed0" / "metrics.jsonl"
