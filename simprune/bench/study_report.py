@@ -302,10 +302,16 @@ def point_label(keep_rate: float | None, seeds: int, most: int) -> str:
     return ", ".join(parts)
 
 
+# Where each method's point labels sit relative to the point (in points), so that two methods with
+# nearly the same cost and accuracy do not print their labels on top of each other.
+LABEL_OFFSETS = ((4, 4), (4, -10), (-22, 4), (-22, -10))
+
+
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     """k-NN and linear top-1 against training FLOPs % of dense, one marker and colour per method,
-    error bars = std over seeds, each point labelled with its keep rate. Points with fewer
-    finished seeds than the best-covered one are drawn hollow and labelled with their seed count."""
+    error bars = std over seeds, each point labelled with its keep rate (in the title instead when
+    the study has only one). Points with fewer finished seeds than the best-covered one are drawn
+    hollow and labelled with their seed count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,6 +321,9 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     colours = plt.get_cmap("tab10").colors
     methods = list(dict.fromkeys(r.method for r in rows))
     most = max((r.seeds_finished for r in rows), default=0)
+    # One keep rate across the study (Table 2): it goes in the title instead of on every point.
+    rates = {r.keep_rate for r in rows if r.keep_rate is not None}
+    shared_rate = rates.pop() if len(rates) == 1 else None
     plotted = False
     for ax, key, label in ((axes[0], "knn", "k-NN top-1 (%)"), (axes[1], "linear", "linear top-1 (%)")):
         for i, method in enumerate(methods):
@@ -326,18 +335,21 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
             ys = [p[1][0] for p in pts]
             err = [0.0 if math.isnan(p[1][1]) else p[1][1] for p in pts]
             colour, marker = colours[i % 10], MARKERS[i % len(MARKERS)]
+            offset = LABEL_OFFSETS[i % len(LABEL_OFFSETS)]
             ax.errorbar(xs, ys, yerr=err, marker=marker, color=colour,
                         capsize=3, linestyle="-" if len(pts) > 1 else "none", label=method)
             for x, y, (_, _, rate, seeds) in zip(xs, ys, pts):
                 if seeds < most:
                     ax.plot([x], [y], marker=marker, color=colour, markerfacecolor="white", linestyle="none",
                             zorder=3)
-                text = point_label(rate, seeds, most)
+                text = point_label(None if shared_rate is not None else rate, seeds, most)
                 if text:
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7,
+                                color=colour)
             plotted = True
             if len(pts) == 1 and pts[0][2] is None:  # dense (runs once): a reference line
                 ax.axhline(ys[0], color=colour, linestyle=":", linewidth=1, alpha=0.7)
+        ax.margins(x=0.1)  # room for the labels left of the lowest-cost points
         ax.set_xlabel("training FLOPs (% of dense)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -347,6 +359,8 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
         for ax in axes:
             ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
     note = f"error bars: std over seeds; hollow: fewer than {most} seeds" if most > 1 else "1 seed"
+    if shared_rate is not None:
+        note = f"keep rate {shared_rate:g}; {note}"
     fig.suptitle(f"{title}: accuracy vs training cost ({note})", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
