@@ -2,6 +2,7 @@
 
 A crash or a kill at any moment leaves either the old file or the new one, whole; never a
 truncated file that a later run would misread, and no temporary file on success or on error.
+Ctrl-C and SIGTERM wait until the write is done (:func:`simprune.interrupt.interrupts_deferred`).
 Used for checkpoints, ``results.json``, study logs and the decoded-dataset cache.
 """
 
@@ -12,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from simprune.interrupt import interrupts_deferred
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: bool = True,
@@ -26,17 +29,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], object], binary: b
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with interrupts_deferred():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb" if binary else "w") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

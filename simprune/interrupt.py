@@ -48,4 +48,33 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-__all__ = ["Terminated", "exit_code", "sigterm_interrupts"]
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM are held back; the first one is re-raised when it ends.
+
+    For short writes that must finish once started. An exception raised inside ``torch.save``
+    is replaced by the error its zip writer raises on the way out, so a Ctrl-C or SIGTERM that
+    lands mid-checkpoint would end the command with a ``RuntimeError`` instead of the clean stop
+    (exit 130/143, message, study log) the handlers give. The signal is re-sent to the process
+    after the previous handlers are back, so it acts exactly as it would have: an exception, the
+    default action, or nothing if it was ignored. Does nothing outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+__all__ = ["Terminated", "exit_code", "interrupts_deferred", "sigterm_interrupts"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
+import torch
 
 from simprune import atomic
-from simprune.atomic import atomic_write_text
+from simprune.atomic import atomic_write, atomic_write_text
+from simprune.interrupt import Terminated, sigterm_interrupts
 
 
 def test_atomic_write_text_replaces_whole_file(tmp_path):
@@ -29,3 +34,21 @@ def test_atomic_write_text_failure_keeps_old_content(tmp_path, monkeypatch):
         atomic_write_text(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_sigterm_during_a_checkpoint_write_stops_after_it(tmp_path):
+    """A SIGTERM that lands while a checkpoint is written waits for the write: the checkpoint is
+    whole and loadable, and ``Terminated`` comes after it. (Raised inside ``torch.save``, it was
+    replaced by the zip writer's RuntimeError, and a study sitting ended with exit 1 in CI.)"""
+    path = tmp_path / "ckpt.pt"
+    state = {"w": torch.arange(1000.0)}
+
+    def save_with_signal(f):
+        f.write(b"")  # the signal arrives while the file is open
+        os.kill(os.getpid(), signal.SIGTERM)
+        torch.save(state, f)
+
+    with pytest.raises(Terminated), sigterm_interrupts():
+        atomic_write(path, save_with_signal)
+    assert torch.equal(torch.load(path)["w"], state["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from simprune.interrupt import Terminated, exit_code, sigterm_interrupts
+from simprune.interrupt import Terminated, exit_code, interrupts_deferred, sigterm_interrupts
 
 
 def test_sigterm_raises_terminated_and_handler_is_restored():
@@ -39,3 +39,32 @@ def test_no_handler_outside_the_main_thread():
     t.start()
     t.join()
     assert seen == [before]
+
+
+def test_deferred_signal_acts_when_the_block_ends():
+    """Inside ``interrupts_deferred`` a SIGTERM waits; it raises ``Terminated`` once the block is done."""
+    done = []
+    with pytest.raises(Terminated), sigterm_interrupts():
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            done.append("block finished")
+        done.append("not reached")
+    assert done == ["block finished"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deferred_ctrl_c_becomes_keyboard_interrupt_after_the_block():
+    done = []
+    with pytest.raises(KeyboardInterrupt) as info:
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("block finished")
+    assert done == ["block finished"] and not isinstance(info.value, Terminated)
+
+
+def test_nothing_pending_means_nothing_raised():
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with interrupts_deferred():
+        pass
+    assert {s: signal.getsignal(s) for s in before} == before
