@@ -4,6 +4,7 @@ before it writes anything, and says at its top how to run it and what to expect.
 from __future__ import annotations
 
 import re
+from itertools import takewhile
 
 import pytest
 from train_testkit import REPO
@@ -22,19 +23,14 @@ def test_recipes_are_found():
 def test_recipe_loads_and_documents_itself(recipe):
     cfg = make_config(load_recipe(recipe))
     check_config(cfg)
-    header = []
-    for line in recipe.read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        header.append(line)
-    text = "\n".join(header)
+    text = "\n".join(takewhile(lambda line: line.startswith("#"), recipe.read_text().splitlines()))
     assert f"--config configs/{recipe.name}" in text, f"{recipe.name}: its header must give the command"
     assert re.search(r"^# Expected", text, re.M), f"{recipe.name}: its header must give the expected figure"
 
 
 def test_readme_main_job_is_the_mocov3_simprune_recipe():
     """The README's train command runs the recipe, with the window the README describes."""
-    readme = (REPO / "README.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # line wrapping does not matter
     assert "simprune train --config configs/cifar10_mocov3_simprune.toml" in readme
     cfg = make_config(load_recipe(REPO / "configs" / "cifar10_mocov3_simprune.toml"))
     assert (cfg.framework, cfg.method, cfg.keep_rate, cfg.dataset) == ("mocov3", "simprune", 0.8, "cifar10")
