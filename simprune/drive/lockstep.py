@@ -19,8 +19,7 @@ from torch import Tensor
 from simprune.drive.single import PointRecord, Reduced, finish, forward_reduced, rates_per_point
 from simprune.models.layers import AttentionExtras
 from simprune.models.vit import ReductionPoint, VisionTransformer
-from simprune.reducers.base import TokenReducer
-from simprune.reducers.simprune import PairStats, SimPruneReducer
+from simprune.reducers.base import PairReducer, PairStats, TokenReducer
 from simprune.tokens import TokenState, num_keep
 
 
@@ -82,7 +81,7 @@ def lockstep_forward(
     teacher: VisionTransformer,
     student_global: Tensor,
     teacher_global: Tensor,
-    reducer: SimPruneReducer,
+    reducer: PairReducer,
     keep_rate: float | Sequence[float],
     position: float,
     student_local: Tensor | None = None,

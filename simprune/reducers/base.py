@@ -11,7 +11,11 @@ Two kinds of reducer work at a :class:`~simprune.models.vit.ReductionPoint`:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from torch import Tensor
 
 from simprune.models.vit import ReductionPoint
 from simprune.registry import Registry
@@ -36,10 +40,76 @@ class TokenReducer:
         return f"{type(self).__name__}({args})"
 
 
-class PairReducer(TokenReducer):
-    """Reduces the student and teacher sequences of paired views together."""
+@dataclass
+class PairStats:
+    """Per-point diagnostics of a pair reduction (device tensors, detached; read them when logging).
+
+    Attributes:
+        position: window position ``p``; start: ``w``.
+        sim_mean: mean similarity of all pairs; sim_kept: of the kept pairs.
+        many_to_one: share of pruned pairs whose partner is also a kept pair's partner.
+        dup_partners: share of kept pairs whose partner another kept pair already has.
+    """
+
+    position: float
+    start: int
+    sim_mean: Tensor
+    sim_kept: Tensor
+    many_to_one: Tensor
+    dup_partners: Tensor
+
+
+class PairReducer(TokenReducer, metaclass=ABCMeta):
+    """Reduces the student and teacher sequences of paired views together.
+
+    What the lock-step driver (:func:`simprune.drive.lockstep_forward`) uses: the attention extras
+    each branch must compute (``student_needs``, ``teacher_needs``), :meth:`reduce_pair` for the
+    global views and :meth:`reduce_against` for the local views. A pair reducer is not called on a
+    single point; ``needs`` is the union of what the two branches compute, for accounting.
+    """
 
     is_pair: ClassVar[bool] = True
+
+    @property
+    @abstractmethod
+    def student_needs(self) -> frozenset[str]:
+        """Attention extras the student branch must compute at the points: ⊆ {"cls_attn", "qk"}."""
+
+    @property
+    @abstractmethod
+    def teacher_needs(self) -> frozenset[str]:
+        """Attention extras the teacher branch must compute at the points: ⊆ {"cls_attn", "qk"}."""
+
+    @abstractmethod
+    def reduce_pair(
+        self, student: ReductionPoint, teacher: ReductionPoint, k: int, position: float
+    ) -> tuple[TokenState, TokenState, PairStats]:
+        """Reduce a student point and its paired teacher point to ``k`` patch tokens each.
+
+        Args:
+            student: the student's point, ``B`` rows; teacher: the teacher's point with its rows
+                already rolled so that row ``b`` is the view the loss compares with student row ``b``.
+            k: patch tokens to keep; position: the window position ``p ∈ [0, 1]``.
+        Returns:
+            the reduced student and teacher states (teacher rows in the rolled order) and stats.
+        """
+
+    @abstractmethod
+    def reduce_against(
+        self, student: ReductionPoint, teacher_tokens: Tensor, k: int, position: float
+    ) -> tuple[TokenState, PairStats]:
+        """Reduce a student point (local views) against fixed anchor tokens.
+
+        Args:
+            student: the local views' point, ``L`` rows; teacher_tokens: ``[L, M, D]`` anchor
+                tokens (the patches the teacher kept of the paired global view); k; position.
+        Returns:
+            the reduced student state and stats; the anchors are not reduced.
+        """
+
+    def __call__(self, point: ReductionPoint, k: int) -> TokenState:
+        raise TypeError(f"{self.name!r} is a pair reducer: it reduces two branches together "
+                        "(reduce_pair / reduce_against through the lock-step driver), not one point")
 
 
 REDUCERS: Registry[type[TokenReducer]] = Registry("reducer")

@@ -12,7 +12,6 @@ pruned pair's partner, then among the rest. The window position ``p`` comes from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simprune.models.vit import ReductionPoint
-from simprune.reducers.base import REDUCERS, PairReducer
+from simprune.reducers.base import REDUCERS, PairReducer, PairStats  # PairStats: re-exported
 from simprune.reducers.evit import cls_attention
 from simprune.tokens import TokenState, gather_patches
 
@@ -85,25 +84,6 @@ def teacher_keep(partner: Tensor, kept_mask: Tensor, teacher_attn: Tensor, k: in
     tier = torch.where(kept_partner, 2.0, torch.where(pruned_partner, 0.0, 1.0))
     priority = tier * 2.0 + teacher_attn.float().clamp(0.0, 1.0)
     return priority.topk(k, dim=1).indices.sort(dim=1).values
-
-
-@dataclass
-class PairStats:
-    """Per-point SimPrune diagnostics (device tensors, detached; read them when logging).
-
-    Attributes:
-        position: window position ``p``; start: ``w``.
-        sim_mean: mean similarity of all pairs; sim_kept: of the kept pairs.
-        many_to_one: share of pruned pairs whose partner is also a kept pair's partner.
-        dup_partners: share of kept pairs whose partner another kept pair already has.
-    """
-
-    position: float
-    start: int
-    sim_mean: Tensor
-    sim_kept: Tensor
-    many_to_one: Tensor
-    dup_partners: Tensor
 
 
 def pair_stats(partner: Tensor, sim: Tensor, kept_mask: Tensor, m: int, position: float,
