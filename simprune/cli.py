@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_viz_args(sub.add_parser("viz", help="pruning-mask figures (Figure 4/5 style)",
                                 allow_abbrev=False))
     try:
-        from simprune.bench import study
+        from simprune import study
 
         study.add_study_args(sub.add_parser("study", help="accuracy study: grid of runs + report",
                                             description=study.DESCRIPTION, allow_abbrev=False))
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the parsed command; user errors and interrupts propagate to :func:`main`."""
     if args.command == "study":
-        from simprune.bench import study
+        from simprune import study
 
         return int(study.run_study(args) or 0)
     if args.command == "bench":

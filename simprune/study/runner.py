@@ -32,7 +32,7 @@ Several sittings may run at once on one machine (one per CPU core or GPU, e.g. w
 (its process is gone) is taken over. Locks are per machine: under ``torchrun`` the whole job is
 one sitting and takes no locks.
 
-The report (:mod:`simprune.bench.study_report`) is written into the out folder at the end of
+The report (:mod:`simprune.study.report`) is written into the out folder at the end of
 every sitting, and by ``--report-only`` from the cell folders alone. Outside a ``runs/`` folder
 (gitignored) existing report files are only replaced with ``--overwrite-report``.
 """
@@ -44,7 +44,6 @@ import json
 import os
 import re
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -312,7 +311,7 @@ def release_lock(folder: Path) -> None:
 
 def skip_finished(cell: Cell, head: str, counts: dict[str, float], log) -> bool:
     """Whether ``cell`` is already finished (then counted and logged as skipped)."""
-    from simprune.bench.study_report import is_finished, read_results
+    from simprune.study.report import is_finished, read_results
 
     res = read_results(cell.folder)
     if not is_finished(res):
@@ -411,7 +410,7 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
 
 def check_report_target(out: Path, overwrite: bool) -> None:
     """Outside a ``runs/`` folder (gitignored), existing reports may be committed results."""
-    from simprune.bench.study_report import REPORT_FILES
+    from simprune.study.report import REPORT_FILES
 
     if overwrite or "runs" in out.resolve().parts:
         return
@@ -440,7 +439,7 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
 
 
 def dry_run(study: Study, log=None) -> None:
-    from simprune.bench.study_report import flops_percent, read_cell
+    from simprune.study.report import flops_percent, read_cell
 
     log = log or say
     log(f"study {study.name}: {len(study.cells)} cells in {study.out} (base {study.base_path})")
@@ -460,7 +459,7 @@ def dry_run(study: Study, log=None) -> None:
 def run_study(args: argparse.Namespace) -> int:
     """``simprune study``: train the grid (resuming), then write the report. User errors raise
     ``ValueError``/``FileNotFoundError`` (the CLI prints them); returns 0."""
-    from simprune.bench.study_report import write_report
+    from simprune.study.report import write_report
 
     if args.time_limit < 0:
         raise ValueError(f"--time-limit must be >= 0 minutes, got {args.time_limit}")
@@ -505,17 +504,5 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simprune.bench.study``: the same as ``simprune study`` (one place handles user
-    errors, Ctrl-C and SIGTERM: :func:`simprune.cli.main`)."""
-    from simprune.cli import main as cli_main
-
-    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-__all__ = ["Cell", "Study", "add_study_args", "command_line", "load_study", "main", "parse_sets",
+__all__ = ["Cell", "Study", "add_study_args", "command_line", "load_study", "parse_sets",
            "run_cells", "run_study"]

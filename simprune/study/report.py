@@ -1,4 +1,4 @@
-"""The report of an accuracy study (:mod:`simprune.bench.study`), read from its cell folders.
+"""The report of an accuracy study (:mod:`simprune.study`), read from its cell folders.
 
 Nothing here trains: every figure comes from the cells' ``results.json`` (accuracy, training
 seconds) and from the analytic FLOPs model (:func:`simprune.bench.flops.step_report`) applied to
@@ -26,7 +26,7 @@ from simprune.bench.flops import StepConfig, step_flops, step_report
 from simprune.train.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from simprune.bench.study import Cell, Study
+    from simprune.study.runner import Cell, Study
 
 RESULTS_CSV, CELLS_CSV, RESULTS_MD, PLOT_PNG = "results.csv", "cells.csv", "results.md", "tradeoff.png"
 REPORT_FILES = (RESULTS_CSV, CELLS_CSV, RESULTS_MD, PLOT_PNG)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from simprune.bench import study as study_mod
 from simprune.bench.flops import StepConfig, step_report
-from simprune.bench.study import add_study_args, load_study, parse_sets, run_study
-from simprune.bench.study_report import (
+from simprune.cli import main as cli_main
+from simprune.study import runner as study_mod
+from simprune.study.report import (
     CSV_COLUMNS,
     Row,
     flops_percent,
@@ -28,6 +28,7 @@ from simprune.bench.study_report import (
     step_config,
     write_plot,
 )
+from simprune.study.runner import add_study_args, load_study, parse_sets, run_study
 from simprune.train import loop
 from simprune.train.checkpoint import load_checkpoint
 from simprune.train.config import make_config
@@ -295,9 +296,9 @@ def test_time_limit_then_resume(data_root, tmp_path, capsys):
     assert [s["cells_trained"] for s in log["sittings"]] == [1, 2]
 
 
-def test_module_main_reports_errors(tmp_path, capsys):
+def test_cli_reports_errors(tmp_path, capsys):
     recipe = write_study(tmp_path, extra="colour = 1")
-    assert study_mod.main(["--config", str(recipe), "--dry-run"]) == 2
+    assert cli_main(["study", "--config", str(recipe), "--dry-run"]) == 2
     assert "unknown study keys ['colour']" in capsys.readouterr().err
 
 
