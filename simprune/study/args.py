@@ -1,0 +1,42 @@
+"""The options of ``simprune study`` and the command line a set of them stands for."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+DESCRIPTION = "accuracy study: a grid of training runs (method × keep rate × seed) and its report"
+
+
+def add_study_args(p: argparse.ArgumentParser) -> None:
+    """Options of ``simprune study``."""
+    p.add_argument("--config", required=True, help="study recipe (TOML), e.g. studies/table2_cpu.toml")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the recipe's)")
+    p.add_argument("--out", default=None, help="output folder (default: the recipe's, else "
+                   "runs/study/<name>)")
+    p.add_argument("--set", action="extend", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="config override for every cell, e.g. --set data=../shared/data epochs=0.3")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
+                   help="minutes for this whole sitting; cells stop with checkpoints, rerun to continue")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; train nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the existing cell folders; train nothing")
+    p.add_argument("--overwrite-report", action="store_true",
+                   help="replace report files in an out folder that is not under runs/")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The ``simprune study`` command that ``args`` stand for (report-only and dry-run left out)."""
+    parts = ["simprune", "study", "--config", str(args.config)]
+    if args.seeds:
+        parts += ["--seeds", *map(str, args.seeds)]
+    if args.out:
+        parts += ["--out", str(args.out)]
+    if args.set:
+        parts += ["--set", *args.set]
+    if args.time_limit:
+        parts += ["--time-limit", f"{args.time_limit:g}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+__all__ = ["DESCRIPTION", "add_study_args", "command_line"]

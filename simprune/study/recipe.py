@@ -1,0 +1,200 @@
+"""A study recipe (TOML) and the grid of cells it stands for.
+
+A study recipe names a base training recipe and a grid::
+
+    name = "table2_cpu"                              # default: the file's stem
+    description = "what the table shows"             # optional, copied into results.md
+    base = "configs/cifar10_mocov3_simprune.toml"    # relative to the study file, cwd or the repo
+    keep_rates = [0.8]
+    seeds = [0, 1, 2]
+    out = "runs/study/table2_cpu"                    # default: runs/study/<name>
+    [overrides]                                      # config keys for every cell
+    epochs = 0.6
+    [[methods]]                                      # or: methods = [{name = ..., ...}, ...]
+    name = "Dense"
+    method = "dense"
+    [[methods]]
+    name = "SimPrune sliding"
+    method = "simprune"
+    window = "sliding"
+    # keep_rates = [0.9]                             # optional, this method's own keep rates
+
+Every cell is method × keep rate × seed; a dense method runs once, not per keep rate. Its config is
+the base recipe, then ``[overrides]``, then the method's keys, then ``--set``, with the keys the
+study owns (:data:`STUDY_OWNED`) set per cell. Every cell's config is built and checked by
+:func:`load_study` before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simprune.train.config import TrainConfig, load_recipe, make_config, tomllib, valid_keys
+
+STUDY_KEYS = {
+    "name": "study name (default: the file's stem)",
+    "description": "text copied into results.md",
+    "base": "base training recipe (TOML), relative to the study file, the cwd or the repo",
+    "overrides": "table of config keys applied to every cell",
+    "methods": "list of {name = ..., <config key> = ..., keep_rates = [...]}",
+    "keep_rates": "keep rates of the non-dense methods",
+    "seeds": "seeds (default [0])",
+    "out": "output folder (default runs/study/<name>)",
+}
+METHOD_KEYS = ("name", "keep_rates")
+#: set by the study itself for every cell, never by a recipe or --set
+STUDY_OWNED = {"seed": "seeds / --seeds", "out": "out / --out", "keep_rate": "keep_rates",
+               "time_limit": "--time-limit"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    method: str  # display name
+    slug: str  # folder name of method × keep rate
+    keep_rate: float | None  # None: dense, runs once
+    seed: int
+    config: TrainConfig
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def label(self) -> str:
+        return self.method if self.keep_rate is None else f"{self.method} kr={self.keep_rate:g}"
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    base_path: Path
+    description: str
+    seeds: list[int]
+    keep_rates: list[float]
+    out: Path
+    cells: list[Cell]
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")
+    if not slug:
+        raise ValueError(f"method name {text!r} gives an empty folder name; use letters or digits")
+    return slug
+
+
+def resolve_base(base: str, study_path: Path) -> Path:
+    """The base recipe: absolute, else relative to the study file, the cwd, then the repo."""
+    p = Path(base)
+    tried = [p] if p.is_absolute() else [study_path.parent / p, Path.cwd() / p, REPO / p]
+    for cand in tried:
+        if cand.is_file():
+            return Path(os.path.normpath(cand))
+    raise FileNotFoundError(f"base recipe {base!r} not found; tried {', '.join(str(t) for t in tried)}")
+
+
+def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
+    unknown = sorted(set(keys) - set(valid_keys()) - set(extra))
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: "
+                         f"{', '.join([*extra, *valid_keys()])}")
+    owned = sorted(set(keys) & set(STUDY_OWNED))
+    if owned:
+        raise ValueError(f"{where}: {owned} are set by the study; use "
+                         + "; ".join(f"{k}: {STUDY_OWNED[k]}" for k in owned))
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
+    """``--set key=value`` strings -> overrides (values are parsed by the config's types)."""
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = value
+    _check_keys("--set", list(out))
+    return out
+
+
+def _rates(value: Any, where: str) -> list[float]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where}: keep rates must be a non-empty list of numbers, got {value!r}")
+    return [float(v) for v in values]
+
+
+def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | Path | None = None,
+               sets: dict[str, Any] | None = None) -> Study:
+    """Read a study recipe and build every cell's config (all errors before anything runs)."""
+    from simprune.train.loop import check_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study recipe {str(path)!r} not found")
+    with path.open("rb") as f:
+        spec = tomllib.load(f)
+    unknown = sorted(set(spec) - set(STUDY_KEYS))
+    if unknown:
+        valid = "; ".join(f"{k} ({v})" for k, v in STUDY_KEYS.items())
+        raise ValueError(f"{path}: unknown study keys {unknown}; valid keys: {valid}")
+    if "base" not in spec:
+        raise ValueError(f"{path}: 'base' (the training recipe the study starts from) is missing")
+    name = str(spec.get("name", path.stem))
+    base_path = resolve_base(str(spec["base"]), path)
+    base = load_recipe(base_path)
+    overrides = dict(spec.get("overrides", {}))
+    _check_keys(f"{path} [overrides]", list(overrides))
+    methods = spec.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"{path}: 'methods' must be a non-empty list of tables with a 'name'")
+    keep_rates = _rates(spec["keep_rates"], f"{path} keep_rates") if "keep_rates" in spec else []
+    seeds = [int(s) for s in (seeds if seeds else spec.get("seeds", [0]))]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must differ, got {seeds}")
+    out_dir = Path(out or spec.get("out") or Path("runs") / "study" / name)
+    sets = dict(sets or {})
+    cells: list[Cell] = []
+    slugs: dict[str, str] = {}
+    for i, entry in enumerate(methods, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f"{path}: methods[{i}] must be a table with a string 'name', got {entry!r}")
+        where = f"{path} method {entry['name']!r}"
+        m_over = {k: v for k, v in entry.items() if k not in METHOD_KEYS}
+        rates = _rates(entry["keep_rates"], where) if "keep_rates" in entry else keep_rates
+        if "keep_rate" in m_over:  # one fixed rate for this method
+            rates = _rates(m_over.pop("keep_rate"), where)
+        _check_keys(where, list(m_over), METHOD_KEYS)
+        merged = {**base, **overrides, **m_over}
+        merged.pop("out", None)
+        dense = {**merged, **sets}.get("method", TrainConfig.method) == "dense"
+        if not dense and not rates:
+            raise ValueError(f"{where}: no keep rates; set keep_rates in the study or the method")
+        slug = slugify(entry["name"])
+        if slug in slugs:
+            raise ValueError(f"{path}: methods {slugs[slug]!r} and {entry['name']!r} share the folder "
+                             f"name {slug!r}; rename one")
+        slugs[slug] = entry["name"]
+        for rate in [None] if dense else rates:
+            cell_slug = slug if rate is None else f"{slug}_kr{rate:g}"
+            for seed in seeds:
+                cell_over = {"keep_rate": 1.0 if rate is None else rate, "seed": seed,
+                             "out": str(out_dir / cell_slug / f"seed{seed}"), "linear_probe": True}
+                try:
+                    cfg = make_config(merged, {**cell_over, **sets})
+                    check_config(cfg)
+                except (ValueError, KeyError) as err:
+                    msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+                    raise ValueError(f"{where}: {msg}") from err
+                cells.append(Cell(entry["name"], cell_slug, rate, seed, cfg))
+    return Study(name, path, base_path, str(spec.get("description", "")), seeds, keep_rates, out_dir,
+                 cells)
+
+
+__all__ = ["METHOD_KEYS", "STUDY_KEYS", "STUDY_OWNED", "Cell", "Study", "load_study", "parse_sets",
+           "resolve_base", "slugify"]

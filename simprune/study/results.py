@@ -1,0 +1,73 @@
+"""What a study cell's folder says about it: finished (``results.json`` with the final k-NN
+accuracy), stopped (a checkpoint, or ``results.json`` without it), failed (``study_error.json``,
+written by the runner) or not started. Nothing here trains."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from simprune.study.recipe import Cell
+
+#: written into a cell's folder when its training fails; removed once it trains again
+ERROR_NAME = "study_error.json"
+
+
+@dataclass
+class CellResult:
+    """What a cell's folder says about it. ``state``: finished | stopped | not started |
+    failed (<message>)."""
+
+    cell: Cell
+    state: str
+    step: int | None = None
+    total_steps: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+
+def read_results(folder: Path) -> dict[str, Any] | None:
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def is_finished(results: dict[str, Any] | None) -> bool:
+    """A finished cell: ``results.json`` says finished and holds the final k-NN accuracy."""
+    return bool(results and results.get("finished") and "knn_top1" in results)
+
+
+def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
+    """The state of ``cell`` from its folder (``results.json``, else the checkpoint's step)."""
+    res = read_results(cell.folder)
+    if is_finished(res):
+        return CellResult(cell, "finished", res.get("step"), res.get("total_steps"), res)
+    error = cell.folder / ERROR_NAME
+    if error.is_file():
+        info = json.loads(error.read_text())
+        return CellResult(cell, f"failed ({info.get('error', '?')})", info.get("step"))
+    if res is not None:
+        return CellResult(cell, "stopped", res.get("step"), res.get("total_steps"))
+    ckpt = cell.folder / "checkpoint.pt"
+    if ckpt.is_file():
+        step = total = None
+        if peek_checkpoint:
+            from simprune.train.checkpoint import load_checkpoint
+
+            saved = load_checkpoint(ckpt)
+            step, total = saved.get("step"), saved.get("total_steps")
+        return CellResult(cell, "stopped", step, total)
+    return CellResult(cell, "not started")
+
+
+__all__ = ["ERROR_NAME", "CellResult", "is_finished", "read_cell", "read_results"]
