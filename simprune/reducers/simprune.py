@@ -80,10 +80,13 @@ def teacher_keep(partner: Tensor, kept_mask: Tensor, teacher_attn: Tensor, k: in
     pp.scatter_(1, partner.masked_fill(kept_mask, m), True)
     kept_partner, pruned_partner = kp[:, :m], pp[:, :m]
     # Tiers: 2 = kept pair's partner (always fits: at most K), 1 = no pruned pair's partner,
-    # 0 = only a pruned pair's partner. CLS attention (in [0, 1]) breaks ties within a tier.
-    tier = torch.where(kept_partner, 2.0, torch.where(pruned_partner, 0.0, 1.0))
-    priority = tier * 2.0 + teacher_attn.float().clamp(0.0, 1.0)
-    return priority.topk(k, dim=1).indices.sort(dim=1).values
+    # 0 = only a pruned pair's partner. CLS attention breaks ties within a tier, position ties of
+    # attention. Ranked lexicographically by (tier, attention) with two stable sorts: a fp32 sum
+    # such as 2·tier + attention would round attention gaps below ~2.4e-7 away.
+    tier = torch.where(kept_partner, 2, torch.where(pruned_partner, 0, 1)).to(torch.int8)
+    by_attn = teacher_attn.float().argsort(dim=1, descending=True, stable=True)
+    by_tier = tier.gather(1, by_attn).argsort(dim=1, descending=True, stable=True)
+    return by_attn.gather(1, by_tier[:, :k]).sort(dim=1).values
 
 
 def pair_stats(partner: Tensor, sim: Tensor, kept_mask: Tensor, m: int, position: float,
