@@ -16,12 +16,14 @@ from torch import Tensor
 
 from simprune.models.vit import ReductionPoint
 from simprune.reducers.base import REDUCERS, TokenReducer
-from simprune.reducers.evit import cls_attention, topk_keep
+from simprune.reducers.evit import cls_attention, top_positions, topk_keep
 from simprune.tokens import TokenState, check_keep_rate, gather_patches
 
 
 def connection_mask(q: Tensor, k: Tensor, seq: Tensor, keys_per_row: int, prefix: int) -> Tensor:
     """Top-``keys_per_row`` attention connections among the kept tokens.
+
+    Equal attention weights rank lowest key position first, so ties at the cut keep the lowest.
 
     Args:
         q, k: ``[B, H, n, hd]`` queries and keys at the point; seq: ``[B, m]`` kept positions in
@@ -32,7 +34,7 @@ def connection_mask(q: Tensor, k: Tensor, seq: Tensor, keys_per_row: int, prefix
     idx = seq[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
     qs, ks = q.gather(2, idx).float(), k.gather(2, idx).float()
     attn = ((qs @ ks.transpose(-2, -1)) / math.sqrt(q.shape[-1])).softmax(-1).mean(1)  # [B,m,m]
-    top = attn.topk(keys_per_row, dim=-1).indices
+    top = top_positions(attn, keys_per_row)
     mask = torch.zeros_like(attn, dtype=torch.bool).scatter(-1, top, True)
     mask[:, :prefix] = True
     return mask

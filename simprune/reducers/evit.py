@@ -15,9 +15,21 @@ from simprune.reducers.base import REDUCERS, TokenReducer
 from simprune.tokens import TokenState, append_patch, gather_patches
 
 
+def top_positions(scores: Tensor, k: int) -> Tensor:
+    """``scores: [..., N]`` -> ``[..., K]`` positions of the K highest along the last dimension.
+
+    Highest first; equal scores rank lowest position first (a stable sort: ``torch.topk`` promises
+    no order among ties, so which of two equal tokens survived could differ between devices).
+    """
+    return scores.argsort(dim=-1, descending=True, stable=True)[..., :k]
+
+
 def topk_keep(scores: Tensor, k: int) -> Tensor:
-    """``scores: [B, N]`` -> ``[B, K]`` positions of the K highest, in original order."""
-    return scores.topk(k, dim=1).indices.sort(dim=1).values
+    """``scores: [B, N]`` -> ``[B, K]`` positions of the K highest, in original order.
+
+    Ties at the cut keep the lowest positions (:func:`top_positions`).
+    """
+    return top_positions(scores, k).sort(dim=1).values
 
 
 def fuse_dropped(x: Tensor, attn: Tensor, keep: Tensor) -> Tensor:

@@ -17,8 +17,13 @@ def mean_similarity(x: Tensor) -> Tensor:
 
 
 def mean_sim_keep(x: Tensor, k: int) -> Tensor:
-    """``[B, K]`` positions of the K tokens least similar to the mean, in original order."""
-    return (-mean_similarity(x)).topk(k, dim=1).indices.sort(dim=1).values
+    """``[B, K]`` positions of the K tokens least similar to the mean, in original order.
+
+    Equal similarities rank lowest position first (stable sort), so ties at the cut keep the
+    lowest positions.
+    """
+    order = mean_similarity(x).argsort(dim=1, stable=True)  # least similar first
+    return order[:, :k].sort(dim=1).values
 
 
 @REDUCERS.register("mean_sim")
