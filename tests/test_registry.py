@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from reducer_testkit import softmax_rows, synthetic_point
 
 from simprune.models import MODELS
 from simprune.reducers import REDUCERS, WINDOWS, PairReducer, TokenReducer, create_reducer
+from simprune.reducers.base import PairStats
 from simprune.reducers.schedule import window_position
 from simprune.registry import Registry
+from simprune.tokens import TokenState
 
 
 def test_register_get_names():
@@ -54,12 +58,84 @@ def test_every_reducer_builds_and_declares_itself(name):
     assert reducer.needs <= {"cls_attn", "qk"}
     assert reducer.is_pair == isinstance(reducer, PairReducer)
     assert reducer.adds_tokens in (0, 1)
-    assert name in repr(reducer) or type(reducer).__name__ in repr(reducer)
+    # the repr names the class and its options, and rebuilds an equal reducer
+    cls = type(reducer)
+    assert repr(reducer).startswith(f"{cls.__name__}(") and repr(reducer).endswith(")")
+    rebuilt = eval(repr(reducer), {cls.__name__: cls})
+    assert type(rebuilt) is cls and vars(rebuilt) == vars(reducer)
 
 
-def test_only_simprune_is_a_pair_reducer():
-    assert [n for n in REDUCERS.names() if create_reducer(n).is_pair] == ["simprune"]
-    assert [n for n in REDUCERS.names() if create_reducer(n).adds_tokens] == ["evit"]
+@pytest.mark.parametrize(("name", "options", "expected"), [
+    ("attn_topk", {"attn_keep": 0.5}, "AttnTopKReducer(attn_keep=0.5)"),
+    ("simprune", {"metric": "keys"}, "SimPruneReducer(metric='keys')"),
+    ("tome", {}, "ToMeReducer()"),
+])
+def test_repr_shows_options(name, options, expected):
+    assert repr(create_reducer(name, **options)) == expected
+
+
+def _point(batch: int = 2, n: int = 12, dim: int = 8, heads: int = 2, seed: int = 0):
+    """A reduction point with every attention extra a reducer may ask for."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1 + n, dim, generator=g)
+    cls_attn = softmax_rows(torch.randn(batch, 1 + n, generator=g))
+    q = torch.randn(batch, heads, 1 + n, dim // heads, generator=g)
+    k = torch.randn(batch, heads, 1 + n, dim // heads, generator=g)
+    return synthetic_point(x, cls_attn=cls_attn, q=q, k=k)
+
+
+PAIR_METHODS = ("student_needs", "teacher_needs", "reduce_pair", "reduce_against")
+
+
+@pytest.mark.parametrize("name", REDUCERS.names())
+def test_reducer_protocol(name):
+    """A pair reducer implements PairReducer's protocol; every other reducer reduces one point."""
+    reducer = create_reducer(name)
+    n, k = 12, 7
+    if reducer.is_pair:
+        assert isinstance(reducer, PairReducer)
+        assert not type(reducer).__abstractmethods__
+        for method in PAIR_METHODS:
+            assert getattr(type(reducer), method) is not getattr(PairReducer, method), method
+        for needs in (reducer.student_needs, reducer.teacher_needs):
+            assert isinstance(needs, frozenset) and needs <= {"cls_attn", "qk"}
+        s_out, t_out, stats = reducer.reduce_pair(_point(seed=1), _point(seed=2), k, 0.5)
+        assert isinstance(s_out, TokenState) and isinstance(t_out, TokenState)
+        assert s_out.num_patches == t_out.num_patches == k
+        assert isinstance(stats, PairStats) and stats.position == 0.5
+        anchors = _point(seed=3).state.patches[:, :k]
+        local, local_stats = reducer.reduce_against(_point(n=6, seed=4), anchors, 4, 0.5)
+        assert isinstance(local, TokenState) and local.num_patches == 4
+        assert isinstance(local_stats, PairStats)
+        with pytest.raises(TypeError, match="pair reducer"):
+            reducer(_point(), k)
+    else:
+        assert not isinstance(reducer, PairReducer)
+        assert callable(reducer) and type(reducer).__call__ is not TokenReducer.__call__
+        point = _point(n=n)
+        out = reducer(point, k)
+        assert isinstance(out, TokenState)
+        assert out.num_patches == k + reducer.adds_tokens
+        assert torch.equal(out.x[:, 0], point.state.x[:, 0])
+
+
+def test_registered_pair_reducers_exist():
+    assert "simprune" in [n for n in REDUCERS.names() if create_reducer(n).is_pair]
+
+
+def test_pair_reducer_protocol_is_enforced():
+    class Half(PairReducer):
+        name = "half"
+
+        @property
+        def student_needs(self):
+            return frozenset()
+
+        def reduce_pair(self, student, teacher, k, position):
+            raise NotImplementedError
+
+    with pytest.raises(TypeError, match="reduce_against.*teacher_needs"):
+        Half()
 
 
 def test_unknown_reducer_lists_known():
