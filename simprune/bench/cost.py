@@ -1,17 +1,17 @@
-"""``simprune bench cost``: time, FLOPs and activation memory of real SSL training steps vs dense.
+"""``simprune bench cost``: time, FLOPs and activation memory of real training steps vs dense.
 
 Dense and every method × keep rate are built in one process (:mod:`simprune.bench.cost_step`: the
 framework of ``build_framework``, its augmentation and AdamW, all from the same initial weights)
 and run the step ``Trainer.train_step`` runs: synthetic ``uint8`` images → device augmentation →
-framework forward → backward → clip → AdamW → teacher EMA. The figures follow METHOD.md ("Cost
-figures"), each a ratio to dense:
+framework forward → backward → clip → the framework's hooks around AdamW (teacher EMA, ...).
+Any registered framework (``--framework``) and reducer (``--methods``) can be measured. The
+figures follow METHOD.md ("Cost figures"), each a ratio to dense:
 
 - time: the median step time over dense's median, from rounds that visit every variant once
   (the order rotating each round), after warm-up rounds; process CPU time and the ratio of each
   phase (augment, forward, backward, update) are reported too;
-- FLOPs: the analytic ratio of :func:`simprune.bench.flops.step_report`, and the ratio
-  ``FlopCounterMode`` counts in the forward + backward of one real step of each variant (MATH
-  attention on CPU), with their agreement;
+- FLOPs: the ratio ``FlopCounterMode`` counts in the forward + backward of one real step of each
+  variant at the benchmark's batch (MATH attention on CPU), as :mod:`simprune.bench.flops` does;
 - memory: bytes autograd saves for backward in the forward (unique storages, parameters left out)
   on any device, and on CUDA the peak allocated memory over a step (the table's figure there).
 
@@ -19,7 +19,7 @@ Results: a table, and ``cost.csv``, ``cost.json``, ``cost.png`` in ``--out`` (an
 never overwritten: the command stops first). Example (a few minutes on two CPU cores)::
 
     simprune bench cost --framework dino --model deit_small_patch16_224 --batch-size 4 \\
-        --methods simprune evit tome --keep-rates 0.9 0.8 0.7
+        --methods simprune evit tome --keep-rates 0.9 0.8 0.7 --set local_views=2
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from simprune.bench.cost_step import (
-    DENSE,
     PHASES,
     Variant,
     build_variants,
@@ -48,19 +46,20 @@ from simprune.bench.cost_step import (
     profile_step,
     saved_bytes,
     time_rounds,
+    with_method,
 )
-from simprune.bench.flops import StepConfig, parse_option, step_flops, step_report
+from simprune.bench.flops import parse_option
+from simprune.frameworks import DENSE
 from simprune.models.configs import model_config
-from simprune.train.config import TrainConfig, load_recipe, make_config
+from simprune.train.config import TrainConfig, aliases, flatten, load_recipe, make_config
 from simprune.train.loop import check_config
 
 FILES = ("cost.csv", "cost.json", "cost.png")
-#: recipe keys the benchmark sets itself
-SET_HERE = ("method", "keep_rate", "keep_warmup", "out", "device")
+#: config keys the benchmark sets itself (dotted form)
+SET_HERE = ("reducer.method", "reducer.keep_rate", "reducer.keep_warmup", "out", "device")
 CSV_COLUMNS = (
     "framework", "model", "method", "keep_rate", "batch_size", "time_ratio", "cpu_time_ratio",
-    "flops_ratio", "flops_ratio_counted", "flops_agreement", "step_gflops", "counted_gflops",
-    "counted_vs_analytic", "memory_ratio", "saved_mb", "saved_ratio", "cuda_peak_mb",
+    "flops_ratio", "step_gflops", "memory_ratio", "saved_mb", "saved_ratio", "cuda_peak_mb",
     "cuda_peak_ratio", "simprune_vs_evit", "median_step_s", "page_faults",
     *(f"{p}_ratio" for p in PHASES), *(f"{p}_share" for p in PHASES),
 )
@@ -68,21 +67,19 @@ CSV_COLUMNS = (
 
 def add_cost_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``simprune bench cost``."""
-    parser.add_argument("--framework", choices=("dino", "mocov3"), default=None, help="(default dino)")
+    parser.add_argument("--framework", default=None, help="a registered framework (default dino)")
     parser.add_argument("--model", default=None, help="registered ViT (default deit_small_patch16_224)")
     parser.add_argument("--methods", nargs="+", default=["simprune", "evit", "tome"])
     parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.8, 0.7])
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8)")
-    parser.add_argument("--local-views", type=int, default=None, help="DINO local views (default 0)")
-    parser.add_argument("--local-size", type=int, default=None,
-                        help="local view size (default 96 for 224-px models, else half the global)")
     parser.add_argument("--global-size", type=int, default=None, help="(default: the model's size)")
     parser.add_argument("--reduce-at", type=int, nargs="+", default=None, help="(default 4 7 10)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="(default fp32)")
     parser.add_argument("--config", default=None,
                         help="TOML training recipe for the other settings (heads, lr, drop_path...)")
     parser.add_argument("--set", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="any training-config key, e.g. moco_hidden=1024 (repeatable)")
+                        help="any training-config key, e.g. moco_hidden=1024, local_views=2 "
+                             "(repeatable)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--progress", type=float, default=0.5,
@@ -97,61 +94,45 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
                         help="print a torch.profiler table of one step of every variant (stderr)")
 
 
+def _dotted(key: str) -> str:
+    """A flat alias or dotted key -> its dotted form (base keys unchanged)."""
+    return aliases().get(key, key)
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The dense variant's config: recipe < ``--set`` < flags < defaults for what none gave.
 
-    A recipe's ``method``, ``keep_rate``, ``keep_warmup``, ``out`` and ``device`` are replaced by
-    the benchmark's own (every variant runs at its target keep rate).
+    A recipe's reducer section, ``out`` and ``device`` are replaced by the benchmark's own (every
+    variant runs at its target keep rate, without a warm-up).
     """
-    merged = {k: v for k, v in (load_recipe(args.config) if args.config else {}).items()
-              if k not in SET_HERE}
-    fixed = sorted(set(dict(args.set)) & set(SET_HERE))
+    recipe = flatten(load_recipe(args.config)) if args.config else {}
+    merged = {k: v for k, v in recipe.items()
+              if not _dotted(k).startswith("reducer.") and _dotted(k) not in SET_HERE}
+    fixed = sorted(k for k in dict(args.set) if _dotted(k) in SET_HERE)
     if fixed:
         raise ValueError(f"--set {', '.join(fixed)}: the benchmark sets these itself (use --methods, "
                          "--keep-rates, --out, --device)")
     merged.update(dict(args.set))
     flags = {"framework": args.framework, "model": args.model, "batch_size": args.batch_size,
-             "local_views": args.local_views, "local_size": args.local_size,
-             "global_size": args.global_size, "reduce_at": args.reduce_at,
-             "precision": args.precision, "seed": args.seed}
+             "global_size": args.global_size, "precision": args.precision, "seed": args.seed}
     merged.update({k: v for k, v in flags.items() if v is not None})
     merged.setdefault("framework", "dino")
     merged.setdefault("model", "deit_small_patch16_224")
     merged.setdefault("batch_size", 8)
     img = model_config(str(merged["model"])).img_size
-    merged.setdefault("dataset", "imagenet" if img >= 224 else "cifar10")  # normalisation only
-    cfg = make_config(merged, {"method": DENSE, "keep_rate": 1.0, "keep_warmup": [0.0, 0.0]})
-    if "global_size" not in merged:
-        cfg = replace(cfg, global_size=img)
-    if "local_size" not in merged:
-        cfg = replace(cfg, local_size=96 if img == 224 else cfg.global_size // 2)
+    merged.setdefault("dataset", "imagenet" if img >= 224 else "cifar10")  # shape and classes only
+    merged.setdefault("global_size", img)
+    reduce_at = [v for k, v in dict(args.set).items() if _dotted(k) == "reducer.reduce_at"]
+    if args.reduce_at or reduce_at:  # kept for the pruned variants (dense has no reducer keys)
+        reduce_at_ = list(args.reduce_at or reduce_at[0])
+        merged = {k: v for k, v in merged.items() if _dotted(k) != "reducer.reduce_at"}
+    else:
+        reduce_at_ = None
+    cfg = make_config(merged, {"reducer.method": DENSE})
+    cfg.reducer.reduce_at = reduce_at_ or list(cfg.reducer.reduce_at)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision {cfg.precision!r}: the cost benchmark runs fp32 or bf16")
     return cfg
-
-
-def step_config(cfg: TrainConfig) -> StepConfig:
-    """The analytic model's description of the step ``cfg`` trains."""
-    return StepConfig(
-        model=cfg.model, method=cfg.method, keep_rate=cfg.keep_rate, framework=cfg.framework,
-        batch_size=cfg.batch_size, global_size=cfg.global_size, num_global=2,
-        num_local=cfg.local_views, local_size=cfg.local_size, reduce_at=tuple(cfg.reduce_at),
-        reducer_kwargs=dict(cfg.reducer_options), head_hidden=cfg.head_hidden,
-        head_bottleneck=cfg.bottleneck, out_dim=cfg.out_dim, proj_hidden=cfg.moco_hidden,
-        proj_dim=cfg.moco_dim, pred_hidden=cfg.moco_hidden)
-
-
-def analytic(cfg: TrainConfig) -> dict[str, float]:
-    """Analytic step GFLOPs, its matmul part (what the counter sees) and the ratio to dense."""
-    sc = step_config(cfg)
-    flops = step_flops(sc)
-    other = 0.0  # the reducers' elementwise work (fuse, merge): counted here, not by the counter
-    for b in flops.branches.values():
-        terms = [t for t in b.reducer.terms if not t.matmul]
-        other += sum(t.flops for t in terms) + (2 * sum(t.flops for t in terms if t.grad) if b.trained else 0)
-    ratio = 1.0 if cfg.method == DENSE else step_report(sc)["flops_ratio"]
-    return {"step_gflops": flops.total / 1e9, "matmul_gflops": (flops.total - other) / 1e9,
-            "flops_ratio": ratio}
 
 
 def pick_device(name: str) -> torch.device:
@@ -185,8 +166,8 @@ def measure(cfg: TrainConfig, methods: Sequence[str], keep_rates: Sequence[float
     rows = assemble(variants, counted, saved, peaks)
     return {
         "framework": cfg.framework, "model": cfg.model, "batch_size": cfg.batch_size,
-        "global_size": cfg.global_size, "local_views": cfg.local_views, "local_size": cfg.local_size,
-        "reduce_at": list(cfg.reduce_at), "precision": cfg.precision, "device": str(device),
+        "global_size": cfg.global_size, "reduce_at": list(cfg.reducer.reduce_at),
+        "precision": cfg.precision, "device": str(device),
         "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "progress": progress,
         "memory_metric": "cuda_peak" if peaks else "saved_for_backward",
         "load_avg": {k: [round(x, 2) for x in v] for k, v in load.items()},
@@ -203,16 +184,12 @@ def assemble(variants: Sequence[Variant], counted: dict[str, int], saved: dict[s
     d_med = med[dense]
     rows = []
     for v in variants:
-        m, an = med[v.label], analytic(v.cfg)
-        counted_ratio = counted[v.label] / counted[dense]
+        m = med[v.label]
         row: dict[str, Any] = {
             "framework": v.cfg.framework, "model": v.cfg.model, "method": v.method,
             "keep_rate": v.keep_rate, "batch_size": v.cfg.batch_size,
             "time_ratio": m["step"] / d_med["step"], "cpu_time_ratio": m["cpu"] / d_med["cpu"],
-            "flops_ratio": an["flops_ratio"], "flops_ratio_counted": counted_ratio,
-            "flops_agreement": counted_ratio / an["flops_ratio"] - 1.0,
-            "step_gflops": an["step_gflops"], "counted_gflops": counted[v.label] / 1e9,
-            "counted_vs_analytic": counted[v.label] / 1e9 / an["matmul_gflops"] - 1.0,
+            "flops_ratio": counted[v.label] / counted[dense], "step_gflops": counted[v.label] / 1e9,
             "saved_mb": saved[v.label] / 2**20, "saved_ratio": saved[v.label] / saved[dense],
             "cuda_peak_mb": peaks[v.label][0] / 2**20 if peaks else None,
             "cuda_peak_ratio": peaks[v.label][0] / peaks[dense][0] if peaks else None,
@@ -244,8 +221,7 @@ def format_table(res: dict[str, Any]) -> str:
     """The figures as a readable table, with the setting and the machine load."""
     load = res["load_avg"]
     lines = [
-        f"{res['framework']} step, {res['model']}, batch {res['batch_size']}, 2 global "
-        f"({res['global_size']} px) + {res['local_views']} local ({res['local_size']} px) views, "
+        f"{res['framework']} step, {res['model']}, batch {res['batch_size']}, {res['global_size']} px, "
         f"reduce at {tuple(res['reduce_at'])}, {res['precision']}, {res['device']}, "
         f"{res['threads']} threads; {res['repeats']} timed rounds after {res['warmup']} warm-up; "
         f"load (1-min) {load['timing_start'][0]:.2f} -> {load['timing_end'][0]:.2f}",
@@ -253,19 +229,18 @@ def format_table(res: dict[str, Any]) -> str:
             f"{p} {100 * s:.1f}%" for p, s in res["dense_phase_share"].items()),
         "memory: " + ("peak allocated CUDA memory" if res["memory_metric"] == "cuda_peak"
                       else "bytes saved for backward"),
-        f"{'method':<10}{'keep':>6}{'time':>8}{'cpu':>8}{'FLOPs':>8}{'counted':>9}{'agree':>8}"
+        f"{'method':<10}{'keep':>6}{'time':>8}{'cpu':>8}{'FLOPs':>8}"
         f"{'memory':>8}{'SP/EViT':>9}   {'augment':>8}{'forward':>8}{'backward':>9}{'update':>8}"
         f"{'faults':>8}",
     ]
     for r in res["rows"]:
         lines.append(
             f"{r['method']:<10}{r['keep_rate']:>6.2f}{r['time_ratio']:>8.3f}{r['cpu_time_ratio']:>8.3f}"
-            f"{r['flops_ratio']:>8.3f}{r['flops_ratio_counted']:>9.3f}"
-            f"{100 * r['flops_agreement']:>+7.2f}%{r['memory_ratio']:>8.3f}"
+            f"{r['flops_ratio']:>8.3f}{r['memory_ratio']:>8.3f}"
             f"{_fmt(r['simprune_vs_evit']):>9}   {r['augment_ratio']:>8.3f}{r['forward_ratio']:>8.3f}"
             f"{r['backward_ratio']:>9.3f}{r['update_ratio']:>8.3f}{r['page_faults'] / 1e3:>7.1f}k")
     lines.append("ratios to dense; time = median step wall time, cpu = median process CPU time; "
-                 "FLOPs = analytic, counted = FlopCounterMode (agree = counted / analytic - 1); "
+                 "FLOPs = counted by FlopCounterMode in one real step (forward + backward); "
                  "SP/EViT = SimPrune's time over EViT's at the same keep rate; augment..update = the "
                  "phases' time ratios; faults = minor page faults per step")
     return "\n".join(lines)
@@ -280,7 +255,7 @@ def plot_costs(res: dict[str, Any], path: Path) -> None:
 
     rows = res["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != DENSE))
-    panels = (("time_ratio", "step time"), ("flops_ratio", "FLOPs (line analytic, x counted)"),
+    panels = (("time_ratio", "step time"), ("flops_ratio", "FLOPs (counted)"),
               ("memory_ratio", "memory" + (" (CUDA peak)" if res["memory_metric"] == "cuda_peak"
                                            else " (saved for backward)")))
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
@@ -288,9 +263,6 @@ def plot_costs(res: dict[str, Any], path: Path) -> None:
         for i, m in enumerate(methods):
             pts = sorted([(1.0, 1.0)] + [(r["keep_rate"], r[key]) for r in rows if r["method"] == m])
             ax.plot(*zip(*pts), marker="o", color=f"C{i}", label=m)
-            if key == "flops_ratio":
-                cnt = [(r["keep_rate"], r["flops_ratio_counted"]) for r in rows if r["method"] == m]
-                ax.scatter(*zip(*cnt), marker="x", color=f"C{i}", s=50)
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set(title=f"{title} / dense", xlabel="keep rate", ylabel="ratio to dense")
         ax.grid(alpha=0.3)
@@ -340,9 +312,7 @@ def run_cost(args: argparse.Namespace) -> int:
             raise ValueError("--methods: give reducer names (dense is always measured)")
         for m in args.methods:
             for k in args.keep_rates:
-                variant = replace(cfg, method=m, keep_rate=k)
-                check_config(variant)
-                analytic(variant)  # an unmodelled method or a bad setting fails here, not later
+                check_config(with_method(cfg, m, k))  # a bad name or setting fails here, not later
         device = pick_device(args.device)
         folder = out_dir(args)
         check_free(folder, FILES[: 2 if args.no_plot else 3])
@@ -378,5 +348,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["add_cost_args", "analytic", "format_table", "measure", "run_cost", "step_config",
-           "train_config", "write_results"]
+__all__ = ["add_cost_args", "format_table", "measure", "run_cost", "train_config", "write_results"]

@@ -1,4 +1,4 @@
-"""One real SSL training step per variant (dense, or a method at a keep rate), and what it costs.
+"""One real training step per variant (dense, or a method at a keep rate), and what it costs.
 
 A :class:`Variant` is a framework built by :func:`simprune.train.loop.build_framework` from its
 :class:`~simprune.train.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
@@ -9,12 +9,14 @@ AdamW over the student; every variant starts from the dense variant's weights. I
   every variant of a round sees the same views);
 - ``forward``: the framework forward (student, teacher, heads, loss) under autocast;
 - ``backward``: ``zero_grad`` and the backward;
-- ``update``: gradient clipping, the AdamW step and the teacher EMA.
+- ``update``: gradient clipping, the framework's ``before_optimizer_step``, the AdamW step and
+  its ``after_step`` (e.g. the teacher EMA), as ``Trainer.train_step``.
 
-The schedules are frozen at ``progress`` (lr, weight decay and EMA momentum at their base values,
-no keep-rate warm-up, no frozen last layer): the cost of a steady-state step at the target keep
-rate. Measurements (:func:`count_step_flops`, :func:`saved_bytes`, :func:`cuda_peak`,
-:func:`time_rounds`) each run real steps, so the weights move as in training.
+The step is taken at training progress ``progress`` (lr and weight decay at their base values; the
+keep-rate warm-up, window and framework schedules at ``progress``; variants are built without a
+warm-up, so every variant runs at its target keep rate). Measurements (:func:`count_step_flops`,
+:func:`saved_bytes`, :func:`cuda_peak`, :func:`time_rounds`) each run real steps, so the weights
+move as in training.
 """
 
 from __future__ import annotations
@@ -23,17 +25,17 @@ import gc
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from simprune.bench.flops_count import count_flops
 from simprune.data.augment import Views
-from simprune.models.configs import model_config
-from simprune.train.config import TrainConfig
-from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config
-from simprune.train.optim import param_groups, set_hparams
+from simprune.frameworks import DENSE, Batch, Framework, Progress
+from simprune.train.config import TrainConfig, make_config
+from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config, data_info
+from simprune.train.optim import set_hparams
 
 try:
     import resource
@@ -41,7 +43,8 @@ except ImportError:  # pragma: no cover - not on Windows
     resource = None  # type: ignore[assignment]
 
 PHASES = ("augment", "forward", "backward", "update")
-DENSE = "dense"
+#: steps of the schedule the benchmark's ``Progress`` counts in
+SCHEDULE_STEPS = 1000
 
 
 @dataclass
@@ -49,21 +52,22 @@ class Variant:
     """A framework, its optimiser and augmentation, and the step that trains it."""
 
     cfg: TrainConfig
-    framework: nn.Module
+    framework: Framework
     augment: nn.Module
     opt: torch.optim.Optimizer
     images: Tensor
+    labels: Tensor
     progress: float = 0.5
     times: dict[str, list[float]] = field(
         default_factory=lambda: {p: [] for p in (*PHASES, "cpu", "faults")})
 
     @property
     def method(self) -> str:
-        return self.cfg.method
+        return self.cfg.reducer.method
 
     @property
     def keep_rate(self) -> float:
-        return 1.0 if self.cfg.method == DENSE else self.cfg.keep_rate
+        return 1.0 if self.method == DENSE else self.cfg.reducer.keep_rate
 
     @property
     def label(self) -> str:
@@ -73,6 +77,15 @@ class Variant:
     def device(self) -> torch.device:
         return self.images.device
 
+    @property
+    def step_progress(self) -> Progress:
+        return Progress(int(round(self.progress * SCHEDULE_STEPS)), SCHEDULE_STEPS, SCHEDULE_STEPS)
+
+    def batch(self, round_: int) -> Batch:
+        """The batch of round ``round_``: its views, labels in range and dataset rows."""
+        index = torch.arange(self.images.shape[0], device=self.device)
+        return Batch(self.views(round_), self.labels, index)
+
     def views(self, round_: int) -> Views:
         """The augmented views of round ``round_`` (the same for every variant)."""
         devices = [self.device] if self.device.type == "cuda" else []
@@ -80,25 +93,27 @@ class Variant:
             torch.manual_seed((self.cfg.seed * 1_000_003 + round_) * 131)
             return self.augment(self.images)
 
-    def forward(self, views: Views) -> Tensor:
+    def forward(self, batch: Batch) -> Tensor:
         """The framework forward under the run's autocast; returns the loss."""
         cfg = self.cfg
         set_hparams(self.opt, cfg.lr, cfg.weight_decay)
-        self.framework.student.train()
+        self.framework.trainable().train()
         dtype = PRECISIONS[cfg.precision]
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return self.framework(views, self.progress).loss
+            return self.framework(batch, self.step_progress).loss
 
     def backward(self, loss: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
 
     def update(self) -> None:
-        """Clip, AdamW step and the teacher EMA, as ``Trainer.train_step``."""
+        """Clip, the framework's hooks around the AdamW step, as ``Trainer.train_step``."""
         if self.cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.framework.student.parameters(), self.cfg.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self.framework.trainable().parameters(), self.cfg.clip_grad)
+        progress = self.step_progress
+        self.framework.before_optimizer_step(progress)
         self.opt.step()
-        self.framework.update_teacher(self.cfg.momentum)
+        self.framework.after_step(progress)
 
     def step(self, round_: int, record: bool = False) -> None:
         """One training step; with ``record`` the wall time of each phase and the process CPU
@@ -107,10 +122,10 @@ class Variant:
         sync()
         f0, c0 = _minor_faults(), time.process_time()
         t = [time.perf_counter()]
-        views = self.views(round_)
+        batch = self.batch(round_)
         sync()
         t.append(time.perf_counter())
-        loss = self.forward(views)
+        loss = self.forward(batch)
         sync()
         t.append(time.perf_counter())
         self.backward(loss)
@@ -140,6 +155,16 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
+def with_method(cfg: TrainConfig, method: str, keep_rate: float | None = None) -> TrainConfig:
+    """``cfg`` with another reduction method at ``keep_rate`` and no keep-rate warm-up."""
+    over: dict = {"reducer.method": method}
+    if method != DENSE:  # the reduction points survive a dense config's dataclass, not its dict
+        over.update({"reducer.keep_rate": float(keep_rate if keep_rate is not None else 1.0),
+                     "reducer.keep_warmup": [0.0, 0.0],
+                     "reducer.reduce_at": list(cfg.reducer.reduce_at)})
+    return make_config(cfg.to_dict(), over)
+
+
 def synthetic_images(cfg: TrainConfig, in_chans: int, device: torch.device, size: int | None = None,
                      seed: int = 0) -> Tensor:
     """``uint8 [B, C, S, S]`` random pixels (``S`` = the global view size unless given)."""
@@ -154,22 +179,24 @@ def build_variants(dense_cfg: TrainConfig, methods: Sequence[str], keep_rates: S
                    image_size: int | None = None) -> list[Variant]:
     """Dense first, then every method at every keep rate, all from the dense variant's weights.
 
-    ``dense_cfg`` gives everything but ``method`` and ``keep_rate``.
+    ``dense_cfg`` gives everything but the reduction method and keep rate.
     """
-    cfgs = [replace(dense_cfg, method=DENSE, keep_rate=1.0)]
-    cfgs += [replace(dense_cfg, method=m, keep_rate=float(k)) for m in methods for k in keep_rates]
+    cfgs = [with_method(dense_cfg, DENSE)]
+    cfgs += [with_method(dense_cfg, m, float(k)) for m in methods for k in keep_rates]
     for cfg in cfgs:
         check_config(cfg)
-    in_chans = model_config(dense_cfg.model).in_chans
-    images = synthetic_images(dense_cfg, in_chans, device, image_size, dense_cfg.seed)
+    data = data_info(dense_cfg)
+    images = synthetic_images(dense_cfg, data.in_chans, device, image_size, dense_cfg.seed)
+    labels = (torch.arange(images.shape[0]) % max(1, data.num_classes)).to(device)
     torch.manual_seed(dense_cfg.seed)
     variants: list[Variant] = []
     for cfg in cfgs:
-        fw = build_framework(cfg).to(device)
+        fw = build_framework(cfg, data).to(device)
         if variants:
             fw.load_state_dict(variants[0].framework.state_dict())
-        opt = torch.optim.AdamW(param_groups(fw.student), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        variants.append(Variant(cfg, fw, build_augment(cfg).to(device), opt, images, progress))
+        opt = torch.optim.AdamW(fw.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        augment = build_augment(cfg, fw, data).to(device)
+        variants.append(Variant(cfg, fw, augment, opt, images, labels, progress))
     return variants
 
 
@@ -179,8 +206,8 @@ def build_variants(dense_cfg: TrainConfig, methods: Sequence[str], keep_rates: S
 def count_step_flops(v: Variant, round_: int) -> int:
     """Matmul FLOPs ``FlopCounterMode`` counts in the forward and backward of one real step (the
     augmentation's blur convolutions and the optimiser are outside the count)."""
-    views = v.views(round_)
-    total = count_flops(lambda: v.backward(v.forward(views)))
+    batch = v.batch(round_)
+    total = count_flops(lambda: v.backward(v.forward(batch)))
     v.update()
     return total
 
@@ -208,9 +235,9 @@ def saved_bytes(v: Variant, round_: int) -> int:
             seen[key] = max(seen.get(key, 0), t.untyped_storage().nbytes())
         return t
 
-    views = v.views(round_)
+    batch = v.batch(round_)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = v.forward(views)
+        loss = v.forward(batch)
     v.backward(loss)
     v.update()
     return sum(seen.values())

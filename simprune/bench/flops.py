@@ -1,19 +1,26 @@
-"""Analytic FLOPs of one self-supervised training step, and ``simprune bench flops``.
+"""FLOPs of one real training step of any registered framework × reducer, and ``simprune bench flops``.
 
-A step (METHOD.md, "Cost figures") is the student's forward and backward (backward = 2 × forward)
-over the global and local views, the teacher's forward over the global views, the heads (student
-forward + backward, teacher forward) and the reducers' own work, with token counts that follow
-the drivers (:mod:`simprune.bench.flops_model`). Only matrix products are counted, for the
-backbone and the heads alike; the reducers' elementwise work (EViT's fusion, ToMe's merge,
-``mean_sim``) is counted too. The loss's elementwise work (DINO's softmax over ``out_dim``) is not.
+Nothing here knows a framework or a reducer by name. The step is the one the trainer runs
+(:meth:`simprune.train.loop.Trainer.train_step`): the framework is built from a
+:class:`~simprune.train.config.TrainConfig` by :func:`~simprune.train.loop.build_framework`, its own
+augmentation (:func:`~simprune.train.loop.build_augment`) turns random ``uint8`` images of the
+data set's shape into views (global and, where the framework has them, local views), and the
+framework's forward and the loss's backward run on CPU under ``torch.utils.flop_counter``
+(:mod:`simprune.bench.flops_count`, MATH attention so ``q@kᵀ`` and ``attn@v`` are seen).
 
-- DINO: ``G`` global views (default 2) and ``L`` local views through the student, the global ones
-  through the teacher; head ``D -> hidden -> hidden -> bottleneck -> out_dim`` (2048, 256, 65536).
-- MoCo v3: both views through the student (base encoder) and the momentum encoder; projector
-  ``D -> 4096 -> 4096 -> 256`` on both, predictor ``256 -> 4096 -> 256`` on the student; the
-  contrastive logits ``q·kᵀ`` over the batch count with the student head. No local views.
+So every token count the drivers produce, every head, the teacher's forward, the reducers' matrix
+products (SimPrune's matching, ToMe's scores, EViT's CLS attention) and the loss's matrix products
+(MoCo v3's ``q·kᵀ``) are counted as they happen; only matrix products and convolutions count
+(layer norms, softmax, GELU and elementwise reducer work do not). The pruned step is compared with
+the same config with ``reducer.method = "dense"``: ``flops_ratio`` = pruned / dense.
 
-Example: ``simprune bench flops --model deit_small_patch16_224 --method simprune --keep-rate 0.8``.
+The count runs on a small batch (``batch_size``, default 2) and is reported per image as well;
+per-batch terms that grow with the batch squared (contrastive logits) are negligible at these
+sizes. Token counts per reduction point come from the ``StepOutput.points`` records of the same
+run (from the ``tokens/p<i>`` logs where a framework returns no records).
+
+Example: ``simprune bench flops --framework supervised --model vit_micro_patch4_32 --method evit
+--keep-rate 0.7 --json``; framework section keys with ``--set``, e.g. ``--set local_views=6``.
 """
 
 from __future__ import annotations
@@ -23,169 +30,196 @@ import ast
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from simprune.bench.flops_count import count_flops, count_flops_by_op
-from simprune.bench.flops_model import (
-    MODELLED,
-    BranchFlops,
-    PointPlan,
-    Tally,
-    Term,
-    backbone_flops,
-    branch_plan,
-    dual_forward_flops,
-    forward_flops,
-    matmul_flops,
-    num_tokens,
-    one_branch_reducer_flops,
-    pair_plan,
-    resolve_model,
-    resolve_reducer,
-    train_flops,
-)
+import torch
 
-FRAMEWORKS = ("dino", "mocov3")
-PARTS = ("student_fwd", "student_bwd", "teacher_fwd", "student_head", "teacher_head", "reducer")
+from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
+from simprune.frameworks import DENSE, Batch, Framework, Progress
+from simprune.train.config import TrainConfig, load_recipe, make_config
+from simprune.train.loop import build_augment, build_framework, check_config, data_info
+
+#: the configuration keys ``simprune bench flops`` sets from its own flags
+FLAG_KEYS = ("framework", "model", "dataset", "global_size", "reducer.method", "reducer.keep_rate",
+             "reducer.reduce_at", "reducer.options")
 
 
-@dataclass(frozen=True)
-class StepConfig:
-    """One SSL training step to cost. ``method="dense"`` is the unpruned step.
+# ----------------------------------------------------------------------------- configs
 
-    ``global_size`` defaults to the model's image size; ``local_size`` to 96 px for 224-px models
-    and half the global size otherwise (16 px for the 32-px models, as METHOD.md's CIFAR recipe).
-    """
 
-    model: str = "deit_small_patch16_224"
-    method: str = "simprune"
-    keep_rate: float | tuple[float, ...] = 0.8
-    framework: str = "dino"
-    batch_size: int = 1
-    global_size: int | None = None
-    num_global: int = 2
-    num_local: int = 0
-    local_size: int | None = None
-    reduce_at: tuple[int, ...] | None = None
-    reducer_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    # DINO head
-    head_hidden: int = 2048
-    head_bottleneck: int = 256
-    out_dim: int = 65536
-    # MoCo v3 projector and predictor
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    pred_hidden: int = 4096
+def with_reducer(cfg: TrainConfig, method: str, keep_rate: float | None = None) -> TrainConfig:
+    """``cfg`` with another reduction method (and keep rate). The config's own rule for a switched
+    component applies: keys of the old method that do not apply to the new one are dropped
+    (``dense`` drops the whole reducer section)."""
+    over: dict[str, Any] = {"reducer.method": method}
+    if method != DENSE:
+        over["reducer.keep_rate"] = cfg.reducer.keep_rate if keep_rate is None else keep_rate
+    return make_config(cfg.to_dict(), over)
 
-    def dense(self) -> StepConfig:
-        """The same step without a reducer."""
-        return replace(self, method="dense", reducer_kwargs={})
+
+def dense_config(cfg: TrainConfig) -> TrainConfig:
+    """The same run without token reduction."""
+    return with_reducer(cfg, DENSE)
+
+
+# ----------------------------------------------------------------------------- the count
 
 
 @dataclass
 class StepFlops:
-    """FLOPs of one step by part (see :data:`PARTS`), with the branches they came from.
+    """FLOPs of one training step at ``batch_size`` images.
 
-    ``matching``: the part of ``reducer`` spent on matching (SimPrune's cross-branch similarity,
-    ToMe's bipartite scores).
+    Attributes:
+        forward, backward: counted FLOPs of the framework forward and of the loss's backward.
+        parts: forward FLOPs by the framework's branch parts (``student.backbone``,
+            ``teacher.head``, ...; ``other``: outside any module, e.g. matching and the loss).
+        points: per reduction point, the tokens each branch had before and after (``tokens_in``,
+            ``tokens_out``; a fused token included), from the run's ``StepOutput.points``.
+        points_source: ``points`` (the records) or ``logs`` (``tokens/p<i>``: outgoing only).
     """
 
-    config: StepConfig
-    parts: dict[str, float]
-    matching: float
-    branches: dict[str, BranchFlops]
+    config: TrainConfig
+    batch_size: int
+    progress: float
+    forward: int
+    backward: int
+    parts: dict[str, int] = field(default_factory=dict)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    points_source: str = "points"
 
     @property
-    def total(self) -> float:
-        return sum(self.parts.values())
+    def total(self) -> int:
+        return self.forward + self.backward
+
+    @property
+    def per_image(self) -> float:
+        return self.total / self.batch_size
 
 
-def head_flops(cfg: StepConfig, dim: int) -> tuple[float, float]:
-    """Matmul FLOPs per view row of the (student, teacher) heads' forward."""
-    if cfg.framework == "dino":
-        h, b = cfg.head_hidden, cfg.head_bottleneck
-        head = 2.0 * (dim * h + h * h + h * b + b * cfg.out_dim)
-        return head, head
-    proj = 2.0 * (dim * cfg.proj_hidden + cfg.proj_hidden**2 + cfg.proj_hidden * cfg.proj_dim)
-    pred = 2.0 * 2 * cfg.proj_dim * cfg.pred_hidden
-    return proj + pred, proj
+def _record(rec: Any) -> dict[str, int]:
+    return {"tokens_in": int(rec.tokens_in), "tokens_out": int(rec.tokens_out)}
 
 
-def check_step(cfg: StepConfig) -> None:
-    if cfg.framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {cfg.framework!r}; valid: {', '.join(FRAMEWORKS)}")
-    if cfg.framework == "mocov3" and cfg.num_local:
-        raise ValueError(f"MoCo v3 has no local views, got num_local={cfg.num_local}; use 0")
-    for name in ("batch_size", "num_global"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.num_local < 0:
-        raise ValueError(f"num_local must be >= 0, got {cfg.num_local}")
+def point_tokens(points: Sequence[Any], logs: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    """Per-point token counts of a step: from pair records (``student``/``teacher``/``local``),
+    one-branch records (``tokens_in``/``tokens_out``) or, without records, the ``tokens/p<i>``
+    logs."""
+    out: list[dict[str, Any]] = []
+    for i, pt in enumerate(points, start=1):
+        row: dict[str, Any] = {"point": i, "block": int(pt.block)}
+        if hasattr(pt, "tokens_out"):
+            row["student"] = _record(pt)
+        else:
+            row["keep_rate"] = float(pt.keep_rate)
+            for branch in ("student", "teacher", "local"):
+                rec = getattr(pt, branch, None)
+                if rec is not None:
+                    row[branch] = _record(rec)
+        out.append(row)
+    if out:
+        return out, "points"
+    i = 1
+    while f"tokens/p{i}" in logs:
+        out.append({"point": i, "student": {"tokens_out": int(round(float(logs[f"tokens/p{i}"])))}})
+        i += 1
+    return out, "logs"
 
 
-def step_flops(cfg: StepConfig) -> StepFlops:
-    """Analytic FLOPs of one training step, split into :data:`PARTS`."""
-    check_step(cfg)
-    vit = resolve_model(cfg.model, cfg.reduce_at)
-    local_size = cfg.local_size
-    if local_size is None:
-        local_size = 96 if vit.img_size == 224 else vit.img_size // 2
-    branches = dual_forward_flops(
-        vit, cfg.method, cfg.keep_rate, batch=cfg.batch_size, num_global=cfg.num_global,
-        global_size=cfg.global_size, num_local=cfg.num_local, local_size=local_size,
-        reducer_kwargs=cfg.reducer_kwargs)
-    trained = [b for b in branches.values() if b.trained]
-    teacher = branches["teacher"]
-    s_head, t_head = head_flops(cfg, vit.embed_dim)
-    student_rows = sum(b.rows for b in trained)
-    student_head = 3.0 * s_head * student_rows
-    if cfg.framework == "mocov3":  # logits q·kᵀ over the batch, both directions, fwd + bwd
-        student_head += 3.0 * 2 * 2 * cfg.batch_size**2 * cfg.proj_dim
-    reducer = sum(b.reducer.total() for b in branches.values())
-    reducer += sum(b.reducer.backward() for b in trained)
-    parts = {
-        "student_fwd": sum(b.backbone.total() for b in trained),
-        "student_bwd": sum(b.backbone.backward() for b in trained),
-        "teacher_fwd": teacher.backbone.total(),
-        "student_head": student_head,
-        "teacher_head": t_head * teacher.rows,
-        "reducer": reducer,
-    }
-    matching = sum(t.flops for b in branches.values() for t in b.reducer.terms
-                   if t.name == "reducer.match")
-    return StepFlops(cfg, parts, matching, branches)
+def _module_parts(by_module: Mapping[str, int], total: int) -> dict[str, int]:
+    """Forward FLOPs grouped by the first two attribute names below the framework
+    (``student.backbone``); modules nested in a counted one are not counted twice."""
+    names = [n for n in by_module if n != "Global" and "." in n]
+    keys = set(names)
+    parts: dict[str, int] = {}
+    for n in names:
+        parents = [n[:i] for i in range(len(n)) if n[i] == "." and n[:i] in keys and n[:i].count(".")]
+        if parents:
+            continue
+        part = ".".join(n.split(".")[1:3])
+        parts[part] = parts.get(part, 0) + by_module[n]
+    parts["other"] = total - sum(parts.values())
+    return dict(sorted(parts.items()))
 
 
-def step_report(cfg: StepConfig) -> dict[str, Any]:
-    """The pruned and dense steps side by side, as a JSON-ready dict.
+class StepCounter:
+    """A framework built once from ``cfg`` and a fixed synthetic batch; :meth:`count` runs one
+    training step at a given progress under the FLOP counter (schedules such as a keep-rate
+    warm-up follow the progress)."""
 
-    ``flops_ratio`` is the pruned step over the dense step; ``reducer_share`` and
-    ``matching_share`` are shares of the pruned step (``matching_share_of_dense``: of the dense
-    step, as appendix B states its 0.16%).
+    def __init__(self, cfg: TrainConfig, batch_size: int = 2, seed: int = 0) -> None:
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch statistics, pairs), got {batch_size}")
+        check_config(cfg)
+        self.cfg, self.batch_size = cfg, batch_size
+        data = data_info(cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.framework: Framework = build_framework(cfg, data)
+            augment = build_augment(cfg, self.framework, data)
+            size = cfg.global_size
+            images = torch.randint(0, 256, (batch_size, data.in_chans, size, size), dtype=torch.uint8)
+            with torch.no_grad():
+                views = augment(images)
+        classes = max(1, data.num_classes)
+        labels = torch.arange(batch_size) % classes
+        self.batch = Batch(views, labels, torch.arange(batch_size))
+
+    def count(self, progress: float = 1.0) -> StepFlops:
+        """FLOPs of one step at training progress ``progress`` (``1.0``: the final keep rate)."""
+        total = 1000
+        prog = Progress(int(round(progress * total)), total, total)
+        fw = self.framework
+        fw.trainable().train()
+        fw.zero_grad(set_to_none=True)
+        box: dict[str, Any] = {}
+
+        def forward() -> None:
+            box["out"] = fw(self.batch, prog)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            by_module, fwd = count_flops_by_module(forward)
+            out = box["out"]
+            bwd = count_flops(out.loss.backward)
+        fw.zero_grad(set_to_none=True)
+        points, source = point_tokens(out.points, out.logs)
+        return StepFlops(self.cfg, self.batch_size, progress, fwd, bwd, _module_parts(by_module, fwd),
+                         points, source)
+
+
+def step_flops(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) -> StepFlops:
+    """Counted FLOPs of one training step of ``cfg`` (see :class:`StepCounter`)."""
+    return StepCounter(cfg, batch_size).count(progress)
+
+
+def step_report(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) -> dict[str, Any]:
+    """The step of ``cfg`` and the same step dense, side by side, as a JSON-ready dict.
+
+    ``flops_ratio``: pruned over dense (exactly 1 for a dense config); ``tokens``: per reduction
+    point, each branch's tokens in and out in the pruned step.
     """
-    pruned, dense = step_flops(cfg), step_flops(cfg.dense())
-    student = pruned.branches["student"]
-    fwd_ratio = student.total() / dense.branches["student"].total()
-    report: dict[str, Any] = {
-        "config": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(cfg).items()},
-        "reduce_at": list(resolve_model(cfg.model, cfg.reduce_at).reduce_at),
+    pruned = step_flops(cfg, progress, batch_size)
+    dense = pruned if cfg.reducer.method == DENSE else step_flops(dense_config(cfg), progress,
+                                                                  batch_size)
+    parts = {}
+    for name in sorted(set(pruned.parts) | set(dense.parts)):
+        p, d = pruned.parts.get(name, 0), dense.parts.get(name, 0)
+        parts[name] = {"gflops": p / 1e9, "dense_gflops": d / 1e9, "ratio": p / d if d else None}
+    rc = cfg.reducer
+    return {
+        "framework": cfg.framework, "model": cfg.model, "dataset": cfg.dataset,
+        "global_size": cfg.global_size, "method": rc.method,
+        "keep_rate": 1.0 if rc.method == DENSE else rc.keep_rate, "reduce_at": list(rc.reduce_at),
+        "batch_size": batch_size, "progress": progress,
         "flops_ratio": pruned.total / dense.total,
-        "step_gflops": pruned.total / 1e9,
-        "dense_step_gflops": dense.total / 1e9,
-        "student_forward_ratio": fwd_ratio,
-        "reducer_share": pruned.parts["reducer"] / pruned.total,
-        "matching_share": pruned.matching / pruned.total,
-        "matching_share_of_dense": pruned.matching / dense.total,
-        "matching_gflops": pruned.matching / 1e9,
-        "parts": {
-            name: {"gflops": pruned.parts[name] / 1e9, "dense_gflops": dense.parts[name] / 1e9,
-                   "ratio": (pruned.parts[name] / dense.parts[name]) if dense.parts[name] else None}
-            for name in PARTS
-        },
-        "tokens": {name: [asdict(p) for p in b.plan] for name, b in pruned.branches.items()},
+        "forward_ratio": pruned.forward / dense.forward,
+        "backward_ratio": pruned.backward / dense.backward if dense.backward else None,
+        "step_gflops": pruned.total / 1e9, "dense_step_gflops": dense.total / 1e9,
+        "gflops_per_image": pruned.per_image / 1e9, "dense_gflops_per_image": dense.per_image / 1e9,
+        "parts": parts, "tokens": pruned.points, "tokens_source": pruned.points_source,
+        "dense_tokens": dense.points, "config": cfg.to_dict(),
     }
-    return report
 
 
 # ----------------------------------------------------------------------------- command line
@@ -204,73 +238,81 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 def add_flops_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``simprune bench flops``."""
-    parser.add_argument("--model", default="deit_small_patch16_224", help="registered ViT name")
-    parser.add_argument("--method", default="simprune",
-                        help=f"reducer name or 'dense' (modelled: {', '.join(MODELLED)})")
-    parser.add_argument("--keep-rate", type=float, nargs="+", default=[0.8],
-                        help="keep rate, one for all points or one per point")
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="dino")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--img-size", type=int, default=None, help="global view size (px)")
-    parser.add_argument("--global-views", type=int, default=2)
-    parser.add_argument("--local-views", type=int, default=0)
-    parser.add_argument("--local-size", type=int, default=None,
-                        help="local view size (px); default 96 for 224-px models, else half")
+    parser.add_argument("--framework", default=None, help="a registered framework (default dino)")
+    parser.add_argument("--model", default=None, help="registered ViT (default deit_small_patch16_224)")
+    parser.add_argument("--method", default=None, help="reducer name or 'dense' (default simprune)")
+    parser.add_argument("--keep-rate", type=float, default=None, help="keep rate per point (0.8)")
+    parser.add_argument("--dataset", default=None,
+                        help="data set whose shape, classes and statistics to use (default imagenet "
+                             "for 224-px models, else cifar10; no data is read)")
+    parser.add_argument("--img-size", "--global-size", dest="img_size", type=int, default=None,
+                        help="global view size (px; default: the model's)")
     parser.add_argument("--reduce-at", type=int, nargs="+", default=None,
-                        help="1-indexed reduction blocks (default: the model's, 4 7 10)")
+                        help="1-indexed reduction blocks (default 4 7 10)")
     parser.add_argument("--reducer-opt", type=parse_option, action="append", default=[],
                         metavar="KEY=VALUE", help="reducer option, e.g. metric=keys, attn_keep=0.5")
-    parser.add_argument("--out-dim", type=int, default=65536, help="DINO head output dim")
-    parser.add_argument("--head-hidden", type=int, default=2048)
-    parser.add_argument("--head-bottleneck", type=int, default=256)
-    parser.add_argument("--proj-hidden", type=int, default=4096, help="MoCo v3 projector hidden")
-    parser.add_argument("--proj-dim", type=int, default=256, help="MoCo v3 projector output")
-    parser.add_argument("--pred-hidden", type=int, default=4096, help="MoCo v3 predictor hidden")
+    parser.add_argument("--config", default=None, help="TOML training recipe for the other settings")
+    parser.add_argument("--set", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="any training-config key, e.g. out_dim=1024, local_views=6 (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images in the counted step")
+    parser.add_argument("--progress", type=float, default=1.0,
+                        help="training progress of the step (keep-rate warm-up, window position)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def config_from_args(args: argparse.Namespace) -> StepConfig:
-    rates = args.keep_rate
-    return StepConfig(
-        model=args.model, method=args.method,
-        keep_rate=rates[0] if len(rates) == 1 else tuple(rates),
-        framework=args.framework, batch_size=args.batch_size, global_size=args.img_size,
-        num_global=args.global_views, num_local=args.local_views, local_size=args.local_size,
-        reduce_at=tuple(args.reduce_at) if args.reduce_at else None,
-        reducer_kwargs=dict(args.reducer_opt), out_dim=args.out_dim, head_hidden=args.head_hidden,
-        head_bottleneck=args.head_bottleneck, proj_hidden=args.proj_hidden,
-        proj_dim=args.proj_dim, pred_hidden=args.pred_hidden)
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The config to count: recipe < ``--set`` < flags < defaults."""
+    from simprune.models.configs import model_config
+
+    base = load_recipe(args.config) if args.config else {}
+    over: dict[str, Any] = dict(args.set)
+    flags = {"framework": args.framework, "model": args.model, "dataset": args.dataset,
+             "global_size": args.img_size, "reducer.method": args.method,
+             "reducer.keep_rate": args.keep_rate,
+             "reducer.reduce_at": list(args.reduce_at) if args.reduce_at else None,
+             "reducer.options": dict(args.reducer_opt) or None}
+    over.update({k: v for k, v in flags.items() if v is not None})
+    given = {**base, **over}
+    for key, default in (("framework", "dino"), ("model", "deit_small_patch16_224")):
+        if key not in given:
+            over[key] = default
+    reducer = base.get("reducer", {}) if isinstance(base.get("reducer"), dict) else {}
+    if not any(k in given or k in reducer for k in ("method", "reducer.method")) and "method" not in reducer:
+        over["reducer.method"] = "simprune"
+    img = model_config(str(over.get("model", base.get("model")))).img_size
+    if "global_size" not in given:
+        over["global_size"] = img
+    if "dataset" not in given:
+        over["dataset"] = "imagenet" if img >= 224 else "cifar10"
+    return make_config(base, over)
 
 
 def format_report(report: Mapping[str, Any]) -> str:
     """A readable table of :func:`step_report`."""
-    c = report["config"]
-    lines = [
-        f"{c['framework']} step, {c['model']}, {c['method']} keep {c['keep_rate']} at blocks "
-        f"{tuple(report['reduce_at'])}, batch {c['batch_size']}, {c['num_global']} global + "
-        f"{c['num_local']} local views",
-    ]
-    for name, plan in report["tokens"].items():
-        pts = ", ".join(f"b{p['block']} {p['n_in']}->{p['n_out']}" for p in plan)
-        lines.append(f"  tokens {name:8s} {pts}")
-    lines.append(f"{'part':<16}{'GFLOPs':>12}{'dense':>12}{'ratio':>9}")
-    for name, part in report["parts"].items():
+    r = report
+    lines = [f"{r['framework']} step, {r['model']} ({r['global_size']} px), {r['method']} keep "
+             f"{r['keep_rate']} at blocks {tuple(r['reduce_at'])}, counted on batch {r['batch_size']}"]
+    for p in r["tokens"]:
+        branches = ", ".join(f"{b} {v.get('tokens_in', '?')}->{v['tokens_out']}"
+                             for b, v in p.items() if isinstance(v, dict))
+        lines.append(f"  tokens p{p['point']}" + (f" (block {p['block']})" if "block" in p else "")
+                     + f": {branches}")
+    lines.append(f"{'forward part':<22}{'GFLOPs':>12}{'dense':>12}{'ratio':>9}")
+    for name, part in r["parts"].items():
         ratio = "-" if part["ratio"] is None else f"{part['ratio']:.4f}"
-        lines.append(f"{name:<16}{part['gflops']:>12.3f}{part['dense_gflops']:>12.3f}{ratio:>9}")
-    lines.append(f"{'total step':<16}{report['step_gflops']:>12.3f}"
-                 f"{report['dense_step_gflops']:>12.3f}{report['flops_ratio']:>9.4f}")
-    lines.append(f"student forward ratio {report['student_forward_ratio']:.4f}; reducer work "
-                 f"{100 * report['reducer_share']:.3f}% of the step, of which matching "
-                 f"{100 * report['matching_share']:.3f}% ({report['matching_gflops']:.3f} GFLOPs; "
-                 f"{100 * report['matching_share_of_dense']:.3f}% of the dense step)")
+        lines.append(f"{name:<22}{part['gflops']:>12.4f}{part['dense_gflops']:>12.4f}{ratio:>9}")
+    lines.append(f"{'step (fwd + bwd)':<22}{r['step_gflops']:>12.4f}{r['dense_step_gflops']:>12.4f}"
+                 f"{r['flops_ratio']:>9.4f}")
+    lines.append(f"per image {r['gflops_per_image']:.4f} GFLOPs (dense {r['dense_gflops_per_image']:.4f}); "
+                 f"flops_ratio {r['flops_ratio']:.4f}")
     return "\n".join(lines)
 
 
 def run_flops(args: argparse.Namespace) -> int:
     """``simprune bench flops``: print the table (or one JSON object). Bad names -> exit code 2."""
     try:
-        report = step_report(config_from_args(args))
-    except (KeyError, ValueError, TypeError) as err:
+        report = step_report(config_from_args(args), args.progress, args.batch_size)
+    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {msg}", file=sys.stderr)
         return 2
@@ -289,31 +331,18 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "FRAMEWORKS",
-    "MODELLED",
-    "PARTS",
-    "BranchFlops",
-    "PointPlan",
-    "StepConfig",
+    "StepCounter",
     "StepFlops",
-    "Tally",
-    "Term",
     "add_flops_args",
-    "backbone_flops",
-    "branch_plan",
+    "config_from_args",
     "count_flops",
     "count_flops_by_op",
-    "dual_forward_flops",
-    "forward_flops",
-    "head_flops",
-    "matmul_flops",
-    "num_tokens",
-    "one_branch_reducer_flops",
-    "pair_plan",
-    "resolve_model",
-    "resolve_reducer",
+    "dense_config",
+    "format_report",
+    "parse_option",
+    "point_tokens",
     "run_flops",
     "step_flops",
     "step_report",
-    "train_flops",
+    "with_reducer",
 ]
