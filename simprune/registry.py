@@ -27,6 +27,12 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` (e.g. a test's temporary entry) and return what was registered."""
+        if name not in self._items:
+            raise KeyError(f"{self.kind} {name!r} is not registered")
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """The object registered as ``name``; a ``KeyError`` naming the known ones otherwise."""
         if name not in self._items:

@@ -10,8 +10,8 @@ Two computations, each against its dense counterpart with the same inputs:
 
 Dense and pruned alternate within one process (order flipped every repeat), after warm-up; the
 figure is the median pruned time over the median dense time (METHOD.md, "Cost figures"), printed
-next to the analytic FLOPs ratio of exactly that computation (no heads) and, unless
-``--no-count``, the ratio ``torch.utils.flop_counter`` counts on one real step of each.
+next to the FLOPs ratio ``torch.utils.flop_counter`` counts on one real step of each (no heads;
+``--no-count`` skips it).
 
 Example: ``python -m simprune.bench.micro`` (about two minutes on two CPU cores).
 """
@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from simprune.bench.flops_count import count_flops
-from simprune.bench.flops_model import dual_forward_flops, forward_flops, train_flops
 from simprune.drive import dual_forward, forward_reduced
 from simprune.models import create_model
 from simprune.models.vit import VisionTransformer
@@ -62,9 +61,8 @@ class MicroResult:
     cpu_time_ratio: float
     dense_faults: float
     pruned_faults: float
-    flops_ratio: float
-    counted_ratio: float | None
-    gap: float
+    flops_ratio: float | None
+    gap: float | None
 
 
 def keep_heap() -> bool:
@@ -125,17 +123,6 @@ def make_steps(model: VisionTransformer, variant: str, reducer_name: str, keep_r
     return dual(None), dual(reducer)
 
 
-def analytic_ratio(model: str, variant: str, reducer_name: str, keep_rate: float, rows: int) -> float:
-    """FLOPs ratio (forward + backward of the trained branch, teacher forward) of the same step."""
-    if variant == "student":
-        pruned = {"student": forward_flops(model, reducer_name, keep_rate, batch=rows)}
-        dense = {"student": forward_flops(model, None, keep_rate, batch=rows)}
-    else:
-        pruned = dual_forward_flops(model, "simprune", keep_rate, batch=rows // 2)
-        dense = dual_forward_flops(model, None, keep_rate, batch=rows // 2)
-    return train_flops(pruned) / train_flops(dense)
-
-
 @dataclass
 class Timing:
     """Medians of the dense and the pruned step: wall-clock and process-CPU seconds, and the
@@ -192,16 +179,13 @@ def bench_case(model_name: str, rows: int, variant: str, reducer_name: str, keep
     torch.manual_seed(0)
     model = create_model(model_name).train()
     dense, pruned = make_steps(model, variant, reducer_name, keep_rate, rows)
-    counted = None
-    if count:
-        counted = count_flops(pruned) / count_flops(dense)
+    flops = count_flops(pruned) / count_flops(dense) if count else None
     t = time_pair(dense, pruned, warmup, repeats)
-    flops = analytic_ratio(model_name, variant, reducer_name, keep_rate, rows)
     ratio = t.pruned_s / t.dense_s
     return MicroResult(model_name, variant, reducer_name if variant == "student" else "simprune",
                        keep_rate, rows, torch.get_num_threads(), repeats, t.dense_s, t.pruned_s,
                        ratio, t.paired_ratio, t.pruned_cpu_s / t.dense_cpu_s, t.dense_faults,
-                       t.pruned_faults, flops, counted, ratio - flops)
+                       t.pruned_faults, flops, None if flops is None else ratio - flops)
 
 
 def profile_case(model_name: str, rows: int, variant: str, reducer_name: str, keep_rate: float,
@@ -242,7 +226,7 @@ def add_micro_args(parser: argparse.ArgumentParser) -> None:
                         help="torch.set_num_threads (default: leave torch's default)")
     parser.add_argument("--trim-heap", action="store_true",
                         help="leave glibc's default heap trimming on (see keep_heap)")
-    parser.add_argument("--no-count", action="store_true", help="skip the FlopCounterMode ratio")
+    parser.add_argument("--no-count", action="store_true", help="skip the FlopCounterMode FLOPs ratio")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -281,13 +265,14 @@ def run_micro(args: argparse.Namespace) -> int:
 
 
 def format_result(r: MicroResult) -> str:
-    counted = "-" if r.counted_ratio is None else f"{r.counted_ratio:.3f}"
+    flops = "-" if r.flops_ratio is None else f"{r.flops_ratio:.3f}"
+    gap = "-" if r.gap is None else f"{r.gap:+.3f}"
     return (f"{r.model} {r.variant} ({r.reducer}) keep {r.keep_rate} rows {r.rows} "
             f"threads {r.threads}: "
             f"dense {1e3 * r.dense_s:8.1f} ms, pruned {1e3 * r.pruned_s:8.1f} ms, time ratio "
             f"{r.time_ratio:.3f} (paired {r.paired_ratio:.3f}, cpu {r.cpu_time_ratio:.3f}), "
-            f"FLOPs ratio {r.flops_ratio:.3f} (counted {counted}), "
-            f"gap {r.gap:+.3f}; page faults/step {r.dense_faults:.0f} dense, "
+            f"FLOPs ratio {flops} (counted), "
+            f"gap {gap}; page faults/step {r.dense_faults:.0f} dense, "
             f"{r.pruned_faults:.0f} pruned")
 
 
