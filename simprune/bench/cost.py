@@ -106,30 +106,28 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     variant runs at its target keep rate, without a warm-up).
     """
     recipe = flatten(load_recipe(args.config)) if args.config else {}
-    merged = {k: v for k, v in recipe.items()
-              if not _dotted(k).startswith("reducer.") and _dotted(k) not in SET_HERE}
+    base = {k: v for k, v in recipe.items()
+            if not _dotted(k).startswith("reducer.") and _dotted(k) not in SET_HERE}
     fixed = sorted(k for k in dict(args.set) if _dotted(k) in SET_HERE)
     if fixed:
         raise ValueError(f"--set {', '.join(fixed)}: the benchmark sets these itself (use --methods, "
                          "--keep-rates, --out, --device)")
-    merged.update(dict(args.set))
+    over = dict(args.set)  # overrides: a key that does not apply is an error, never dropped
     flags = {"framework": args.framework, "model": args.model, "batch_size": args.batch_size,
              "global_size": args.global_size, "precision": args.precision, "seed": args.seed}
-    merged.update({k: v for k, v in flags.items() if v is not None})
-    merged.setdefault("framework", "dino")
-    merged.setdefault("model", "deit_small_patch16_224")
-    merged.setdefault("batch_size", 8)
-    img = model_config(str(merged["model"])).img_size
-    merged.setdefault("dataset", "imagenet" if img >= 224 else "cifar10")  # shape and classes only
-    merged.setdefault("global_size", img)
-    reduce_at = [v for k, v in dict(args.set).items() if _dotted(k) == "reducer.reduce_at"]
-    if args.reduce_at or reduce_at:  # kept for the pruned variants (dense has no reducer keys)
-        reduce_at_ = list(args.reduce_at or reduce_at[0])
-        merged = {k: v for k, v in merged.items() if _dotted(k) != "reducer.reduce_at"}
-    else:
-        reduce_at_ = None
-    cfg = make_config(merged, {"reducer.method": DENSE})
-    cfg.reducer.reduce_at = reduce_at_ or list(cfg.reducer.reduce_at)
+    over.update({k: v for k, v in flags.items() if v is not None})
+    given = {**base, **over}
+    model = str(given.get("model", "deit_small_patch16_224"))
+    img = model_config(model).img_size
+    defaults = {"framework": "dino", "model": model, "batch_size": 8, "global_size": img,
+                "dataset": "imagenet" if img >= 224 else "cifar10"}  # shape and classes only
+    over.update({k: v for k, v in defaults.items() if k not in given})
+    # the reduction points are kept for the pruned variants (a dense config has no reducer keys)
+    reduce_at = [v for k, v in over.items() if _dotted(k) == "reducer.reduce_at"]
+    over = {k: v for k, v in over.items() if _dotted(k) != "reducer.reduce_at"}
+    cfg = make_config(base, {**over, "reducer.method": DENSE})
+    if args.reduce_at or reduce_at:
+        cfg.reducer.reduce_at = [int(b) for b in (args.reduce_at or reduce_at[0])]
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision {cfg.precision!r}: the cost benchmark runs fp32 or bf16")
     return cfg
