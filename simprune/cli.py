@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from typing import Any
 
 from simprune.interrupt import exit_code, sigterm_interrupts
-from simprune.train.config import TrainConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, TypeError)
 
@@ -22,14 +20,54 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _config_flags() -> list[tuple[str, list[str], object]]:
+    """``(dotted key, flags, default)`` for every config key: base keys by name, section keys as
+    ``--section.key`` plus their flat alias (``--keep-rate``, ``--moco-hidden``)."""
+    from dataclasses import fields
+
+    from simprune.train.config import SECTION_CLASSES, TrainConfig, aliases, framework_sections
+
+    out: list[tuple[str, list[str], object]] = []
+    base = TrainConfig()
+    for f in fields(TrainConfig):
+        if f.name in SECTION_CLASSES or f.name in ("fw", "notes"):
+            continue
+        out.append((f.name, [_flag(f.name)], getattr(base, f.name)))
+    back: dict[str, list[str]] = {}
+    for flat, dotted in aliases().items():
+        back.setdefault(dotted, []).append(flat)
+    for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
+        inst = cls()
+        for f in fields(cls):
+            dotted = f"{section}.{f.name}"
+            flags = ["--" + dotted]
+            for flat in back.get(dotted, []) + back.get(f"*.{f.name}", []):
+                flag = _flag(flat)
+                if flag not in flags and not any(flag in fl for _, fl, _ in out):
+                    flags.append(flag)
+            out.append((dotted, flags, getattr(inst, f.name)))
+    return out
+
+
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML recipe (see configs/); flags below override its keys")
-    for f in fields(TrainConfig):
-        default = getattr(TrainConfig(), f.name)
+    for dotted, flags, default in _config_flags():
         kind = type(default).__name__
-        p.add_argument(_flag(f.name), dest=f.name, default=None, metavar=kind.upper(),
+        section = dotted.rpartition(".")[0]
+        where = f"[{section}] " if section else ""
+        p.add_argument(*flags, dest=dotted, default=None, metavar=kind.upper(),
                        nargs="+" if isinstance(default, list) else None,
-                       help=f"(default {default!r})")
+                       help=f"{where}(default {default!r})")
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given on the command line (dotted for section keys)."""
+    overrides: dict[str, Any] = {}
+    for dotted, _, _ in _config_flags():
+        v = getattr(args, dotted, None)
+        if v is not None:
+            overrides[dotted] = " ".join(v) if isinstance(v, list) else v
+    return overrides
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -37,15 +75,63 @@ def run_train(args: argparse.Namespace) -> int:
     from simprune.train.loop import train
 
     base = load_recipe(args.config) if args.config else {}
-    overrides: dict[str, Any] = {}
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            overrides[f.name] = " ".join(v) if isinstance(v, list) else v
+    cfg = make_config(base, train_overrides(args), where=f"{args.config}: " if args.config else "")
+    for note in cfg.notes:
+        print(f"simprune: note: {note}", file=sys.stderr)
+    result = train(cfg)
+    _print_final(result, cfg.out)
+    return 0
+
+
+def _print_final(result: dict[str, Any], out: str) -> None:
+    if "knn_top1" in result:
+        print(f"final k-NN top-1: {result['knn_top1']:.2f}% ({out}/results.json)")
+    elif "top1" in result:
+        print(f"final test top-1: {result['top1']:.2f}%  top-5 {result['top5']:.2f}% ({out}/results.json)")
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True,
+                   help="pre-trained run folder, checkpoint.pt or timm-named .safetensors")
+    p.add_argument("--branch", choices=("teacher", "student"), default=None,
+                   help="backbone of the run to start from (default: the run's evaluation branch)")
+    add_train_args(p)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Supervised training from a pre-trained backbone: the run's model, image size and data set
+    unless overridden; recipe and flags as for ``train``."""
+    from pathlib import Path
+
+    from simprune.train.config import load_recipe, make_config
+    from simprune.train.loop import train
+
+    base: dict[str, Any] = {}
+    src = Path(args.ckpt)
+    ckpt = src / "checkpoint.pt" if src.is_dir() else src
+    if ckpt.suffix == ".pt":
+        from simprune.train.checkpoint import load_checkpoint
+
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"no checkpoint at {str(ckpt)!r}; pass a run folder, "
+                                    "checkpoint.pt or .safetensors file")
+        run_cfg = load_checkpoint(ckpt).get("config", {})
+        for key in ("model", "global_size", "dataset", "pos_embed", "data", "test_split"):
+            if key in run_cfg:
+                base[key] = run_cfg[key]
+    elif not ckpt.is_file():
+        raise FileNotFoundError(f"no weights at {str(ckpt)!r}")
+    if args.config:
+        base.update(load_recipe(args.config))
+    overrides = train_overrides(args)
+    overrides["framework"] = "supervised"
+    overrides["supervised.init_from"] = str(args.ckpt)
+    if args.branch:
+        overrides["supervised.init_branch"] = args.branch
+    overrides.setdefault("out", str(Path("runs") / f"finetune_{src.resolve().name}"))
     cfg = make_config(base, overrides)
     result = train(cfg)
-    if "knn_top1" in result:
-        print(f"final k-NN top-1: {result['knn_top1']:.2f}% ({cfg.out}/results.json)")
+    _print_final(result, cfg.out)
     return 0
 
 
@@ -64,7 +150,7 @@ def _load_run(ckpt: str):
     from pathlib import Path
 
     from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
-    from simprune.train.config import make_config
+    from simprune.train.config import make_config, upgrade_saved
     from simprune.train.loop import build_framework
 
     path = Path(ckpt)
@@ -73,7 +159,7 @@ def _load_run(ckpt: str):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
     saved = load_checkpoint(path)
-    cfg = make_config(saved["config"])
+    cfg = make_config(upgrade_saved(saved["config"]))
     fw = build_framework(cfg)
     fw.load_state_dict(saved["framework"])
     return cfg, fw, saved
@@ -83,24 +169,24 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from simprune.data import load_dataset, resolve_data_root
-    from simprune.train.evaluate import evaluate
+    from simprune.train.evaluate import EVAL_PROTOCOLS
+    from simprune.train.loop import data_info
 
     cfg, fw, saved = _load_run(args.ckpt)
+    for key in ("knn_train", "knn_test"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    cfg.linear_probe = bool(args.linear)
     root = resolve_data_root(args.data or cfg.data or None)
     train_set = load_dataset(cfg.dataset, root, "train")
     test_set = load_dataset(cfg.dataset, root, cfg.test_split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = fw.eval_backbone(args.branch)
-    res = evaluate(backbone.to(device), train_set, test_set, cfg.dataset, len(train_set.classes),
-                   device, cfg.knn_train if args.knn_train is None else args.knn_train,
-                   cfg.knn_test if args.knn_test is None else args.knn_test, cfg.knn_k,
-                   cfg.knn_temperature, linear=args.linear, seed=cfg.seed, size=cfg.global_size)
+    res = EVAL_PROTOCOLS[fw.eval_protocol](fw.to(device), train_set, test_set, cfg,
+                                           data_info(cfg, train_set), device, final=True,
+                                           branch=args.branch)
     res["step"] = saved["step"]
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print(f"step {res['step']}: k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%"
-              + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))
+    summary = res.pop("summary", "")
+    print(json.dumps(res) if args.json else f"step {res['step']}: {summary}")
     return 0
 
 
@@ -128,8 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simprune", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_train_args(sub.add_parser("train", help="self-supervised training (resumes automatically)",
+    add_train_args(sub.add_parser("train", help="training of any framework (resumes automatically)",
                                   allow_abbrev=False))
+    add_finetune_args(sub.add_parser("finetune", help="supervised fine-tuning of a pre-trained backbone",
+                                     allow_abbrev=False))
     add_eval_args(sub.add_parser("eval", help="k-NN / linear probe of a checkpoint"))
     add_export_args(sub.add_parser("export", help="backbone weights as timm-named safetensors"))
     from simprune.viz.cli import add_viz_args
@@ -186,7 +274,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return int(fn(args) or 0)
     from simprune.viz.cli import run_viz
 
-    handlers = {"train": run_train, "eval": run_eval, "export": run_export, "viz": run_viz}
+    handlers = {"train": run_train, "finetune": run_finetune, "eval": run_eval, "export": run_export,
+                "viz": run_viz}
     return int(handlers[args.command](args))
 
 

@@ -366,3 +366,26 @@ def moco_v3_augment(
 ) -> TwoCropAugment:
     """MoCo v3's two crops at ``size``; ``overrides`` set any ``TwoCropConfig`` field."""
     return TwoCropAugment(TwoCropConfig(size=size, mean=mean, std=std, **overrides))  # type: ignore[arg-type]
+
+
+@dataclass
+class OneCropConfig:
+    """Supervised (DeiT-style) training crop: one random-resized crop and a flip; no colour ops."""
+
+    size: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    antialias: bool = True
+
+
+class OneCropAugment(_CropPipeline):
+    """One view of ``size`` per image (``Views.globals`` has one entry)."""
+
+    def __init__(self, cfg: OneCropConfig) -> None:
+        photo = _Photo(cfg.ratio, (0.0, 0.0, 0.0, 0.0), 0.0, 0.0, (0.1, 2.0), 0.1, cfg.flip_p,
+                       False, cfg.antialias)
+        super().__init__([_Group(cfg.size, cfg.scale, (0.0,), (0.0,))], 1, photo, cfg.mean, cfg.std)
+        self.cfg = cfg

@@ -161,16 +161,28 @@ def dual_forward(
     position: float = 0.0,
     student_local: Tensor | None = None,
     num_global: int = 2,
+    teacher_reducer: TokenReducer | None | str = "same",
 ) -> DualOutput:
     """Both branches with any reducer: a pair reducer runs in lock-step, a one-branch reducer on
-    each branch independently (how the paper applies EViT and ToMe to SSL), ``None`` is dense."""
+    each branch independently (how the paper applies EViT and ToMe to SSL), ``None`` is dense.
+
+    ``teacher_reducer`` gives the teacher its own one-branch plan (``None``: dense, e.g. "prune
+    the student, keep the teacher dense"); ``"same"`` uses ``reducer``. A pair reducer reduces
+    both branches together, so it admits only ``"same"``.
+    """
     if reducer is not None and reducer.is_pair:
+        if teacher_reducer != "same" and teacher_reducer is not reducer:
+            raise ValueError(f"pair reducer {reducer.name!r} reduces both branches together; the "
+                             "teacher cannot have its own plan")
         return lockstep_forward(student, teacher, student_global, teacher_global, reducer,
                                 keep_rate, position, student_local, num_global)
+    t_reducer = reducer if teacher_reducer == "same" else teacher_reducer
+    if isinstance(t_reducer, str) or (t_reducer is not None and t_reducer.is_pair):
+        raise ValueError(f"teacher_reducer must be a one-branch reducer, None or 'same', got {t_reducer!r}")
     s = forward_reduced(student, student_global, reducer, keep_rate)
     loc = forward_reduced(student, student_local, reducer, keep_rate) if student_local is not None else None
     with torch.no_grad():
-        t = forward_reduced(teacher, teacher_global, reducer, keep_rate)
+        t = forward_reduced(teacher, teacher_global, t_reducer, keep_rate)
     rates = rates_per_point(keep_rate, len(student.reduce_at))
     points = [
         PairPoint(sp.block, rates[i], sp, tp, loc.points[i] if loc is not None else None)

@@ -1,10 +1,20 @@
-"""Dual-branch SSL frameworks with token reduction."""
+"""Training frameworks, registered by name (``FRAMEWORKS.names()``): DINO and MoCo v3 (dual-branch
+SSL with an EMA teacher) and supervised classification. See :mod:`simprune.frameworks.base` for
+the protocol a new framework implements."""
 
-from simprune.frameworks.base import DENSE, DualBranch, PruneSettings, StepOutput
-from simprune.frameworks.dino import DINO, dino_loss
-from simprune.frameworks.mocov3 import MoCoV3, info_nce
+from simprune.frameworks.base import (
+    DENSE,
+    FRAMEWORKS,
+    Batch,
+    DataInfo,
+    Framework,
+    Progress,
+    StepOutput,
+)
+from simprune.frameworks.dino import DINO, DINOConfig
+from simprune.frameworks.dual import DualBranch
+from simprune.frameworks.mocov3 import MoCoV3, MoCoV3Config
+from simprune.frameworks.supervised import Supervised, SupervisedConfig
 
-FRAMEWORKS = ("dino", "mocov3")
-
-__all__ = ["DENSE", "DINO", "FRAMEWORKS", "DualBranch", "MoCoV3", "PruneSettings", "StepOutput",
-           "dino_loss", "info_nce"]
+__all__ = ["DENSE", "DINO", "FRAMEWORKS", "Batch", "DINOConfig", "DataInfo", "DualBranch", "Framework",
+           "MoCoV3", "MoCoV3Config", "Progress", "StepOutput", "Supervised", "SupervisedConfig"]

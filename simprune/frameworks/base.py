@@ -1,118 +1,172 @@
-"""What every dual-branch SSL framework shares: the two branches, the teacher EMA and pruning."""
+"""The framework protocol: what the trainer, the cost benchmark and the study may ask of any
+framework, and the registry that makes frameworks usable by name.
+
+A framework is an ``nn.Module`` that owns its branches (backbone, head, reduction plan), its
+teacher, its losses and its config section. The trainer knows it only through this protocol::
+
+    fw = FRAMEWORKS.get(cfg.framework).build(cfg, data)   # from the config and the data's facts
+    views = fw.build_augment(cfg, data)(images)            # on device, seeded per step
+    out = fw(Batch(views, labels, index), progress)        # -> StepOutput(loss, per_sample, logs)
+    out.loss.backward(); clip(fw.trainable()); fw.before_optimizer_step(progress); opt.step()
+    fw.after_step(progress)                                # EMA teacher, centre, ...
+    fw.eval_protocol, fw.eval_backbone()                   # how and what evaluation reads
+
+Register a new framework with ``@FRAMEWORKS.register("name")`` on a subclass of
+:class:`Framework`; nothing in ``train/``, ``bench/`` or ``study/`` needs to change.
+"""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
-from simprune.drive import DualOutput, dual_forward
-from simprune.models.vit import VisionTransformer
-from simprune.reducers import KeepRateSchedule, create_reducer, window_position
-from simprune.reducers.schedule import WINDOWS
+from simprune.data.augment import Views
+from simprune.registry import Registry
+
+if TYPE_CHECKING:
+    from simprune.drive.lockstep import PairPoint
+    from simprune.models.vit import VisionTransformer
+    from simprune.train.config import TrainConfig
 
 DENSE = "dense"
 
 
 @dataclass
-class PruneSettings:
-    """How tokens are reduced during training.
+class Batch:
+    """One step's data on the device.
 
     Attributes:
-        method: ``"dense"`` or a registered reducer name (``simprune``, ``evit``, ``tome``, ...).
-        keep_rate: target keep rate per reduction point.
-        window: SimPrune window schedule (``sliding``, ``prune_similar``, ...).
-        keep_warmup: ``(start, end)`` progress of EViT's keep-rate warm-up (``(0, 0)``: none).
-        options: extra reducer options (e.g. ``{"metric": "keys"}`` for SimPrune).
+        views: the augmented views (``views.globals[i]``: ``[B, C, H, W]``).
+        labels: ``[B]`` int64 class labels (``-1`` where the data set has none).
+        index: ``[B]`` int64 dataset row of each sample (sampler filters key their state on it).
     """
 
-    method: str = DENSE
-    keep_rate: float = 1.0
-    window: str = "sliding"
-    keep_warmup: tuple[float, float] = (0.0, 0.0)
-    options: dict[str, Any] = field(default_factory=dict)
+    views: Views
+    labels: Tensor
+    index: Tensor
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands: ``t = step / total_steps`` drives every schedule."""
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def t(self) -> float:
+        return self.step / max(1, self.total_steps)
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done (fractional), for settings given in epochs."""
+        return self.step / max(1, self.steps_per_epoch)
 
 
 @dataclass
 class StepOutput:
-    """A framework forward: the loss, scalar diagnostics (device tensors or floats) and tokens."""
+    """A framework forward.
 
-    loss: Tensor
-    logs: dict[str, Tensor | float]
-    dual: DualOutput
-
-
-class DualBranch(nn.Module):
-    """Student (trained) and teacher (EMA of the student) branches, each a backbone and a head.
-
-    Subclasses define the heads and the loss in ``forward(views, progress) -> StepOutput``.
+    Attributes:
+        loss: the scalar to minimise.
+        per_sample: ``[B]`` detached per-sample loss (mean over the sample's terms).
+        logs: scalar diagnostics (device tensors or floats; read only every ``log_every`` steps).
+        points: per reduction point, what each branch kept (:class:`~simprune.drive.PairPoint`).
+        extras: per-sample device tensors a sampler filter may read (e.g. ``correct: [B]`` bool).
     """
 
-    #: the backbone whose features evaluation reads, as the framework's reference protocol does
-    eval_branch: str = "teacher"
+    loss: Tensor
+    per_sample: Tensor | None
+    logs: dict[str, Tensor | float]
+    points: list[PairPoint] = field(default_factory=list)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
-    def __init__(self, backbone: VisionTransformer, student_head: nn.Module,
-                 teacher_head: nn.Module, prune: PruneSettings) -> None:
-        super().__init__()
-        self.student = nn.ModuleDict({"backbone": backbone, "head": student_head})
-        self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": teacher_head})
-        self.teacher.load_state_dict(self.student.state_dict(), strict=False)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.prune = prune
-        self.reducer = None if prune.method == DENSE else create_reducer(prune.method, **prune.options)
-        self.keep_schedule = KeepRateSchedule(prune.keep_rate, *prune.keep_warmup)
-        WINDOWS.get(prune.window)  # validate early
-        self._ema_pairs = self._pair_parameters()
 
-    def _pair_parameters(self) -> list[tuple[str, str]]:
-        s_names = dict(self.student.named_parameters())
-        return [(n, n) for n, _ in self.teacher.named_parameters() if n in s_names]
+@dataclass(frozen=True)
+class DataInfo:
+    """Facts about the training data a framework may need when it is built."""
 
-    def pruning_at(self, progress: float) -> tuple[float, float]:
-        """``(keep rate, window position)`` at training progress ``t ∈ [0, 1]``."""
-        return self.keep_schedule(progress), window_position(self.prune.window, progress)
+    name: str
+    num_classes: int
+    num_examples: int
+    has_labels: bool = True
+    in_chans: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
-    def encode(self, globals_: Tensor, locals_: Tensor | None, progress: float) -> DualOutput:
-        """Both backbones on ``globals_: [2B, C, H, W]`` (+ student ``locals_``), with pruning."""
-        keep_rate, position = self.pruning_at(progress)
-        # Teacher backbone in eval mode (no drop-path); its head in train mode so BatchNorm (MoCo
-        # v3's momentum projector) normalises with batch statistics, as the reference does: the
-        # EMA copies parameters, not BN buffers, so running statistics would be meaningless.
-        self.teacher["backbone"].eval()
-        self.teacher["head"].train()
-        return dual_forward(self.student["backbone"], self.teacher["backbone"], globals_, globals_,
-                            self.reducer, keep_rate, position, locals_)
+
+class Framework(nn.Module):
+    """Base of every training framework. Subclasses set the class attributes and implement
+    :meth:`build`, :meth:`build_augment` and :meth:`forward`."""
+
+    #: the framework's config section (a dataclass; ``[<name>]`` in a recipe)
+    Config: ClassVar[type]
+    #: teacher kinds the framework accepts, and the default
+    teachers: ClassVar[tuple[str, ...]] = ("none",)
+    default_teacher: ClassVar[str] = "none"
+    #: ``knn`` (frozen features: k-NN, linear probe) or ``classify`` (top-1/top-5 of its head)
+    eval_protocol: ClassVar[str] = "knn"
+    #: the branch whose backbone evaluation reads by default
+    eval_branch: ClassVar[str] = "student"
+    #: whether training needs class labels
+    needs_labels: ClassVar[bool] = False
+    #: whether the reducer may be a pair reducer (needs two branches compared in the loss)
+    pair_reducers: ClassVar[bool] = False
+
+    student: nn.ModuleDict
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, data: DataInfo) -> Framework:
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Refuse settings that cannot work, before anything is built (e.g. batch sizes that
+        cannot learn). The base checks the teacher kind and pair reducers."""
+        if cfg.teacher.kind not in cls.teachers:
+            raise ValueError(f"framework {cfg.framework!r} takes teacher kind "
+                             f"{' or '.join(repr(k) for k in cls.teachers)}, got {cfg.teacher.kind!r}")
+        if not cls.pair_reducers and cfg.reducer.method != DENSE:
+            from simprune.reducers import REDUCERS
+
+            if REDUCERS.get(cfg.reducer.method).is_pair:
+                raise ValueError(f"method {cfg.reducer.method!r} is a pair reducer: it needs two "
+                                 f"branches compared in the loss, which framework {cfg.framework!r} "
+                                 "does not have; choose a one-branch reducer")
+
+    def build_augment(self, cfg: TrainConfig, data: DataInfo) -> nn.Module:
+        """The device augmentation: uint8 ``[B, C, H, W]`` -> :class:`Views`."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, progress: Progress) -> StepOutput:  # type: ignore[override]
+        raise NotImplementedError
+
+    def trainable(self) -> nn.Module:
+        """The module whose parameters the optimiser trains (and whose gradients are clipped)."""
+        return self.student
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: weights decayed, biases and norms not."""
+        from simprune.train.optim import param_groups
+
+        return param_groups(self.trainable())
+
+    def before_optimizer_step(self, progress: Progress) -> None:
+        """After backward and clipping, before the optimiser step (DINO freezes its last layer)."""
+
+    def after_step(self, progress: Progress) -> dict[str, float]:
+        """After the optimiser step (EMA teacher, ...); returns scalars to log."""
+        return {}
 
     def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
-        """The backbone to evaluate: ``branch`` ("teacher"/"student") or the framework's default."""
+        """The backbone evaluation reads: ``branch`` or the framework's default."""
         branch = branch or self.eval_branch
-        if branch not in ("teacher", "student"):
-            raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
-        return (self.teacher if branch == "teacher" else self.student)["backbone"]
+        if branch != "student":
+            raise ValueError(f"framework has only a student branch, got branch {branch!r}")
+        return self.student["backbone"]
 
-    @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """``teacher ← m · teacher + (1 − m) · student`` for every shared parameter."""
-        s = dict(self.student.named_parameters())
-        t = dict(self.teacher.named_parameters())
-        t_list = [t[n] for n, _ in self._ema_pairs]
-        s_list = [s[n].detach() for _, n in self._ema_pairs]
-        torch._foreach_lerp_(t_list, s_list, 1.0 - momentum)
 
-    def pruning_logs(self, dual: DualOutput, progress: float) -> dict[str, Tensor | float]:
-        """Tokens kept per point, window position and SimPrune's pair statistics."""
-        keep_rate, position = self.pruning_at(progress)
-        logs: dict[str, Tensor | float] = {"keep_rate": keep_rate}
-        if self.reducer is not None and self.reducer.is_pair:
-            logs["window"] = position
-        for i, pt in enumerate(dual.points, start=1):
-            logs[f"tokens/p{i}"] = float(pt.student.tokens_out)
-            if pt.stats is not None:
-                logs[f"m2o/p{i}"] = pt.stats.many_to_one
-                logs[f"dup/p{i}"] = pt.stats.dup_partners
-                logs[f"sim_kept/p{i}"] = pt.stats.sim_kept
-        return logs
+FRAMEWORKS: Registry[type[Framework]] = Registry("framework")

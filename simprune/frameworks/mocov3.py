@@ -2,53 +2,95 @@
 
 Student: backbone → 3-layer BN-MLP projector → 2-layer predictor. Teacher (momentum encoder):
 backbone → projector. Loss: symmetric InfoNCE at temperature ``T`` against the momentum keys of the
-*whole global batch* (gathered across processes), scaled by ``2T`` as in the reference recipe. The
-two views go through the backbone batched ``[v1; v2]`` (so BatchNorm sees both views together).
+*whole global batch* (gathered across processes), scaled by ``2T`` as in the reference recipe
+(:mod:`simprune.losses.info_nce`). The two views go through the backbone batched ``[v1; v2]`` (so
+BatchNorm sees both views together).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import nn
 
-from simprune.data.augment import Views
-from simprune.frameworks.base import DualBranch, PruneSettings, StepOutput
+from simprune.data.augment import TwoCropAugment, TwoCropConfig
+from simprune.dist import all_gather_cat, rank
+from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
+from simprune.frameworks.dual import DualBranch, build_backbone, build_plans
+from simprune.losses.info_nce import info_nce, info_nce_per_sample
 from simprune.models.heads import MoCoHeads
-from simprune.models.vit import VisionTransformer
-from simprune.train.dist import all_gather_cat, rank
 
 
-def info_nce(q: Tensor, k: Tensor, temperature: float) -> Tensor:
-    """InfoNCE of queries ``q: [B, d]`` against keys ``k: [B, d]`` of this process and the keys
-    of every other process (negatives); the positive of row ``i`` is key ``rank·B + i``."""
-    q = F.normalize(q.float(), dim=1)
-    k_all = F.normalize(all_gather_cat(k.float()), dim=1)
-    logits = q @ k_all.t() / temperature
-    labels = torch.arange(q.shape[0], device=q.device) + rank() * q.shape[0]
-    return F.cross_entropy(logits, labels) * (2 * temperature)
+@dataclass
+class MoCoV3Config:
+    """``[mocov3]`` (flat aliases ``moco_dim``, ``moco_hidden``, ...): heads, temperature, crops."""
+
+    alias_prefix: ClassVar[str] = "moco_"
+
+    dim: int = 256
+    hidden: int = 4096
+    temperature: float = 0.2
+    color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
+    blur: bool = True
+    solarize: bool = True
 
 
+@FRAMEWORKS.register("mocov3")
 class MoCoV3(DualBranch):
     """MoCo v3 framework. Evaluation reads the online (student) encoder, as MoCo v3 does."""
 
-    eval_branch = "student"
+    Config: ClassVar[type] = MoCoV3Config
+    eval_branch: ClassVar[str] = "student"
 
-    def __init__(self, backbone: VisionTransformer, prune: PruneSettings, dim: int = 256,
-                 hidden: int = 4096, temperature: float = 0.2) -> None:
+    def __init__(self, backbone, plan, dim: int = 256, hidden: int = 4096,  # noqa: ANN001
+                 temperature: float = 0.2, teacher_plan=None, momentum: float = 0.996,  # noqa: ANN001
+                 momentum_end: float = 1.0) -> None:
         d = backbone.embed_dim
         super().__init__(backbone, MoCoHeads(d, dim, hidden, predictor=True),
-                         MoCoHeads(d, dim, hidden, predictor=False), prune)
-        self.teacher["head"].projector.load_state_dict(self.student["head"].projector.state_dict())
+                         MoCoHeads(d, dim, hidden, predictor=False), plan, teacher_plan, momentum,
+                         momentum_end)
         self.temperature = temperature
 
-    def forward(self, views: Views, progress: float) -> StepOutput:
+    @classmethod
+    def build(cls, cfg, data: DataInfo) -> MoCoV3:  # noqa: ANN001 - TrainConfig
+        c: MoCoV3Config = cfg.fw
+        plan, teacher_plan = build_plans(cfg)
+        return cls(build_backbone(cfg, data), plan, c.dim, c.hidden, c.temperature, teacher_plan,
+                   cfg.teacher.momentum, cfg.teacher.momentum_end)
+
+    @classmethod
+    def check(cls, cfg) -> None:  # noqa: ANN001
+        super().check(cfg)
+        from simprune.dist import world_size
+
+        local = cfg.batch_size // max(1, world_size())
+        if cfg.batch_size < 2 or local < 1:
+            raise ValueError(f"MoCo v3 contrasts each image with the rest of the batch: batch_size "
+                             f"{cfg.batch_size} has no negatives (the loss is exactly 0); use >= 2")
+
+    def build_augment(self, cfg, data: DataInfo) -> nn.Module:  # noqa: ANN001
+        c: MoCoV3Config = cfg.fw
+        return TwoCropAugment(TwoCropConfig(
+            size=cfg.global_size, scale=tuple(cfg.global_scale), mean=data.mean, std=data.std,
+            color_ops=c.color_ops, **({} if c.blur else {"blur_p": (0.0, 0.0)}),
+            **({} if c.solarize else {"solarize_p": (0.0, 0.0)})))
+
+    def forward(self, batch: Batch, progress: Progress) -> StepOutput:  # type: ignore[override]
+        views, t = batch.views, progress.t
         if len(views.globals) != 2:
             raise ValueError(f"MoCo v3 needs exactly 2 views, got {len(views.globals)}")
         g = torch.cat(views.globals, dim=0)
-        dual = self.encode(g, None, progress)
+        dual = self.encode(g, None, t)
         q1, q2 = self.student["head"](dual.student.cls).chunk(2)
         with torch.no_grad():
             k1, k2 = self.teacher["head"](dual.teacher.cls).chunk(2)
-        loss = info_nce(q1, k2, self.temperature) + info_nce(q2, k1, self.temperature)
-        return StepOutput(loss, self.pruning_logs(dual, progress), dual)
+            k1_all, k2_all = all_gather_cat(k1.float()), all_gather_cat(k2.float())
+        offset = rank() * q1.shape[0]
+        T = self.temperature
+        loss = info_nce(q1, k2_all, T, offset) + info_nce(q2, k1_all, T, offset)
+        with torch.no_grad():
+            per_sample = (info_nce_per_sample(q1, k2_all, T, offset)
+                          + info_nce_per_sample(q2, k1_all, T, offset))
+        return StepOutput(loss, per_sample, self.pruning_logs(dual, t), dual.points)

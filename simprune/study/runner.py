@@ -80,7 +80,7 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
     ``time_limit``; once the minutes are spent no further cell starts (a cell stopped by the
     limit keeps its checkpoint and resumes next time).
     """
-    from simprune.train import dist
+    from simprune import dist
     from simprune.train import loop as train_loop
 
     log = log or say

@@ -1,9 +1,36 @@
-"""The training configuration: one flat dataclass, loadable from a TOML recipe, every key
-overridable from the command line. Unknown keys are errors that list the valid ones."""
+"""The training configuration: a small base plus one section per component.
+
+A recipe (TOML) has the base keys at the top level (what to train on, how to optimise, how the run
+is kept and evaluated) and one table per component::
+
+    framework = "mocov3"          # base keys: model, dataset, optimisation, run, evaluation
+    model = "vit_micro_patch4_32"
+    [reducer]                     # how tokens are reduced (simprune.reducers)
+    method = "simprune"
+    keep_rate = 0.8
+    [teacher]                     # the teacher branch (simprune.teachers)
+    momentum = 0.99
+    [mocov3]                      # the framework's own section (simprune.frameworks)
+    hidden = 1024
+
+Each section is a dataclass owned by its component: the framework's ``Config``, the reducer
+section :class:`ReducerConfig` and the teacher section :class:`TeacherConfig`. A key that does not
+apply to the chosen components (another framework's key, a SimPrune window for EViT, an EMA
+momentum for a run without a teacher) is an error that names the section it belongs to.
+
+Overrides use dotted keys (``reducer.keep_rate``) or the flat aliases that name every section key
+by itself (``keep_rate``, ``window``, ``student_temp``; MoCo v3's keys keep their ``moco_`` prefix).
+When an override switches the framework or the reduction method, the recipe's keys for the
+component it replaced are dropped, and :attr:`TrainConfig.notes` says which.
+
+Why ``[mocov3]`` and not ``[framework.mocov3]``: TOML cannot have ``framework = "mocov3"`` and a
+``[framework.mocov3]`` table in one file.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,34 +43,71 @@ else:  # pragma: no cover
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of a training run. Progress-based schedules use per-iteration progress."""
+class ReducerConfig:
+    """``[reducer]``: which tokens each branch keeps, where and how many.
 
-    # what to train
-    framework: str = "mocov3"  # dino | mocov3
-    model: str = "vit_micro_patch4_32"
-    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
-    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
-    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
-    method: str = "simprune"  # dense | simprune | evit | evit_nofuse | tome | random | mean_sim | attn_topk
+    Attributes:
+        method: ``dense`` or a registered reducer (``simprune``, ``evit``, ``tome``, ...).
+        keep_rate: keep rate per reduction point.
+        reduce_at: 1-indexed blocks where tokens are reduced.
+        window: a pair reducer's window schedule (SimPrune: ``sliding``, ``prune_similar``, ...).
+        keep_warmup: ``(start, end)`` progress of the keep-rate warm-up (``(0, 0)``: none).
+        options: extra options of the reducer (e.g. ``{"metric": "keys"}`` for SimPrune).
+        branches: ``both`` (a one-branch reducer runs on each branch, as the SimPrune paper applies
+            EViT and ToMe to SSL) or ``student`` (the teacher stays dense). A pair reducer always
+            reduces both branches together.
+    """
+
+    method: str = "dense"
     keep_rate: float = 0.8
     reduce_at: list[int] = field(default_factory=lambda: [4, 7, 10])
     window: str = "sliding"
     keep_warmup: list[float] = field(default_factory=lambda: [0.0, 0.0])
-    reducer_options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    branches: str = "both"
+
+
+@dataclass
+class TeacherConfig:
+    """``[teacher]``: the branch the student learns from.
+
+    Attributes:
+        kind: ``ema`` (a moving average of the student), ``frozen`` (loaded from ``path``) or
+            ``none``; empty: the framework's default.
+        momentum, momentum_end: the EMA momentum's cosine schedule (``ema``).
+        path: a simprune run folder, ``checkpoint.pt`` or timm-named ``.safetensors`` (``frozen``).
+        model: the frozen teacher's architecture (a registered model name) when ``path`` is a
+            weights file; a run folder records its own.
+    """
+
+    kind: str = ""
+    momentum: float = 0.996
+    momentum_end: float = 1.0
+    path: str = ""
+    model: str = ""
+
+
+#: which teacher keys apply to which kind
+TEACHER_KEYS = {"momentum": ("ema",), "momentum_end": ("ema",), "path": ("frozen",), "model": ("frozen",)}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Progress-based schedules use per-iteration progress."""
+
+    # what to train
+    framework: str = "mocov3"  # a registered framework: dino | mocov3 | supervised
+    model: str = "vit_micro_patch4_32"
+    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
+    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
+    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
     # data
     dataset: str = "cifar10"
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
-    test_split: str = "test"  # split used for k-NN / linear evaluation ("val" for ImageNet folders)
+    test_split: str = "test"  # split used for evaluation ("val" for ImageNet folders)
     train_subset: int = 0  # 0: all; else a random subset of this size
     global_size: int = 32
-    local_size: int = 16
-    local_views: int = 0
     global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
-    blur: bool = True  # Gaussian blur as in DINO / MoCo v3 (small images often do better without)
-    solarize: bool = True
     # optimisation
     epochs: float = 1.0
     max_steps: int = 0  # 0: epochs decide; else stop after this many steps (schedules still by epochs)
@@ -58,22 +122,6 @@ class TrainConfig:
     clip_grad: float = 3.0
     drop_path: float = 0.1
     precision: str = "fp32"  # fp32 | bf16 | fp16
-    momentum: float = 0.996  # teacher EMA start; cosine to momentum_end
-    momentum_end: float = 1.0  # DINO and MoCo v3 end at 1 (a frozen teacher)
-    # DINO
-    out_dim: int = 4096
-    head_hidden: int = 2048
-    bottleneck: int = 256
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_frac: float = 0.0
-    center_momentum: float = 0.9
-    freeze_last_layer: float = 1.0  # epochs
-    # MoCo v3
-    moco_dim: int = 256
-    moco_hidden: int = 4096
-    moco_temperature: float = 0.2
     # run
     seed: int = 0
     deterministic: bool = False
@@ -83,6 +131,7 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_every: int = 0  # steps; also keep checkpoint_<step>.pt copies (for `simprune viz`); 0: none
     num_workers: int = 0
+    # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised)
     knn_every: float = 0.0  # epochs; 0: only at the end
     knn_train: int = 10000
     knn_test: int = 2000
@@ -91,26 +140,160 @@ class TrainConfig:
     eval_at_end: bool = True
     linear_probe: bool = False  # also fit a linear probe on the frozen k-NN features at the end
     progress_bar: bool = True
+    # sections
+    reducer: ReducerConfig = field(default_factory=ReducerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    #: the framework's own section (an instance of its ``Config``); built by :func:`make_config`
+    fw: Any = None
+    #: what :func:`make_config` dropped when an override switched a component (not saved)
+    notes: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested form a recipe or a checkpoint holds (base keys, then one table per section)."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) if f.name in ("reducer", "teacher")
+               else getattr(self, f.name) for f in fields(self) if f.name not in ("fw", "notes")}
+        out = json.loads(json.dumps(out))  # deep copy, lists not tuples
+        out[self.framework] = dataclasses.asdict(self.fw) if self.fw is not None else {}
+        for section in ("reducer", "teacher"):  # only the keys that apply
+            out[section] = {k: v for k, v in out[section].items() if not _not_applicable(
+                f"{section}.{k}", self.framework, self.reducer.method, self.teacher.kind)}
+        return out
 
+    def get(self, key: str) -> Any:
+        """A value by dotted key (``reducer.keep_rate``, ``dino.student_temp``) or base key."""
+        section, _, leaf = key.rpartition(".")
+        if not section:
+            return getattr(self, key)
+        obj = self.fw if section == self.framework else getattr(self, section)
+        return getattr(obj, leaf)
+
+
+SECTION_CLASSES = {"reducer": ReducerConfig, "teacher": TeacherConfig}
+BASE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("reducer", "teacher", "fw", "notes"))
 
 #: keys that may change when a run resumes (they do not change what is trained)
 RESUMABLE_CHANGES = frozenset({
     "data", "test_split", "out", "log_every", "ckpt_every", "keep_every", "num_workers", "knn_every",
-    "knn_train", "knn_test", "eval_at_end", "linear_probe", "progress_bar", "device", "max_steps",
-    "time_limit",
+    "knn_train", "knn_test", "knn_k", "knn_temperature", "eval_at_end", "linear_probe",
+    "progress_bar", "device", "max_steps", "time_limit",
 })
 
 
+def framework_sections() -> dict[str, type]:
+    """Every registered framework's section dataclass, by framework name."""
+    from simprune.frameworks import FRAMEWORKS
+
+    return {name: FRAMEWORKS.get(name).Config for name in FRAMEWORKS.names()}
+
+
+def aliases() -> dict[str, str]:
+    """Flat name -> dotted key for every section key (``keep_rate`` -> ``reducer.keep_rate``)."""
+    out: dict[str, str] = {}
+    for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
+        prefix = getattr(cls, "alias_prefix", "")
+        for f in fields(cls):
+            flat = (prefix + f.name) if prefix else f.name
+            if section == "reducer" and f.name == "options":
+                flat = "reducer_options"
+            if section == "teacher" and f.name in ("kind", "path", "model"):
+                flat = f"teacher_{f.name}"
+            if flat in out and out[flat] != f"{section}.{f.name}":
+                # the same name in two framework sections: both aliases point to "the active one"
+                out[flat] = f"*.{f.name}"
+            else:
+                out[flat] = f"{section}.{f.name}"
+    return out
+
+
 def valid_keys() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    """Every key a recipe or an override may set: base keys and dotted section keys."""
+    keys = list(BASE_KEYS)
+    for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
+        keys += [f"{section}.{f.name}" for f in fields(cls)]
+    return keys
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Parse a command-line string (or check a TOML value) into the field's type."""
-    default = getattr(TrainConfig(), name)
+def flatten(nested: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's nested tables -> dotted keys (``{"reducer": {"keep_rate": 0.8}}`` ->
+    ``{"reducer.keep_rate": 0.8}``); flat aliases are resolved later."""
+    sections = {**SECTION_CLASSES, **framework_sections()}
+    out: dict[str, Any] = {}
+    for k, v in nested.items():
+        if k in sections and isinstance(v, dict):
+            for leaf, val in v.items():
+                out[f"{k}.{leaf}"] = val
+        else:
+            out[k] = v
+    return out
+
+
+def _section_of(key: str) -> str:
+    return key.rpartition(".")[0]
+
+
+def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]:
+    """Flat aliases -> dotted keys, unknown keys -> an error listing where keys live."""
+    table = aliases()
+    sections = {**SECTION_CLASSES, **framework_sections()}
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        if k in BASE_KEYS:
+            out[k] = v
+            continue
+        if k in table:
+            target = table[k]
+            if target.startswith("*."):
+                target = f"{framework}.{target[2:]}"
+            out[target] = v
+            continue
+        section, _, leaf = k.rpartition(".")
+        if section in sections and leaf in {f.name for f in fields(sections[section])}:
+            out[k] = v
+            continue
+        if section in sections:
+            valid = ", ".join(f.name for f in fields(sections[section]))
+            raise ValueError(f"{where}unknown key {leaf!r} in [{section}]; valid: {valid}")
+        import difflib
+
+        close = difflib.get_close_matches(k, [*BASE_KEYS, *table], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{where}unknown config key {k!r}.{hint} Base keys: {', '.join(BASE_KEYS)}; "
+                         f"sections: {', '.join('[' + s + ']' for s in sections)} "
+                         "(`simprune train --help` lists every key)")
+    return out
+
+
+def _is_pair(method: str) -> bool:
+    from simprune.reducers import REDUCERS
+
+    return method != "dense" and method in REDUCERS and REDUCERS.get(method).is_pair
+
+
+def _not_applicable(key: str, framework: str, method: str, teacher_kind: str) -> str | None:
+    """Why ``key`` does not apply to these components (``None`` if it does)."""
+    section, _, leaf = key.rpartition(".")
+    if section == "reducer":
+        if method == "dense" and leaf not in ("method",):
+            return f"'{key}' configures token reduction, but method is 'dense'"
+        if leaf == "window" and not _is_pair(method):
+            return (f"'{key}' is the window of a pair reducer (simprune), but method is {method!r}, "
+                    "a one-branch reducer")
+        return None
+    if section == "teacher":
+        if teacher_kind == "none" and leaf != "kind":
+            return f"'{key}' configures the teacher, but this run has none (framework {framework!r})"
+        kinds = TEACHER_KEYS.get(leaf)
+        if kinds and teacher_kind not in kinds:
+            return f"'{key}' applies to a {'/'.join(kinds)} teacher, but the teacher is {teacher_kind!r}"
+        return None
+    if section and section != framework:
+        return (f"'{key}' belongs to section [{section}] (framework {section!r}), but framework is "
+                f"{framework!r}")
+    return None
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Parse a command-line string (or check a TOML value) into the type of ``default``."""
     if isinstance(value, str) and not isinstance(default, str):
         text = value
         try:
@@ -126,48 +309,122 @@ def _coerce(name: str, value: Any) -> Any:
                 cast = type(default[0]) if default else float
                 return [cast(v) for v in text.replace(",", " ").split()]
             if isinstance(default, dict):
-                import json
                 return json.loads(text)
         except ValueError as err:
             raise ValueError(f"config key {name!r}: cannot read {value!r} as "
                              f"{type(default).__name__}") from err
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(default, list) and isinstance(value, (int, float)):
+    if isinstance(default, list) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return [value]
     expected = type(default)
-    if not isinstance(value, expected):
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
         raise ValueError(f"config key {name!r} must be {expected.__name__}, got {value!r}")
     return value
 
 
-def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Build a config from a recipe dict and overrides; unknown keys list the valid ones."""
-    merged = {**(base or {}), **(overrides or {})}
-    unknown = sorted(set(merged) - set(valid_keys()))
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}; valid keys: {', '.join(valid_keys())}")
-    return TrainConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+def _default_teacher(framework: str) -> str:
+    from simprune.frameworks import FRAMEWORKS
+
+    return FRAMEWORKS.get(framework).default_teacher
+
+
+def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                where: str = "") -> TrainConfig:
+    """Build a config from a recipe (nested or flat) and overrides (flat aliases or dotted keys).
+
+    Raises ``ValueError`` for unknown keys and for keys that do not apply to the chosen framework,
+    reducer or teacher (naming the section they belong to). When ``overrides`` switches the
+    framework, the method or the teacher kind, the recipe's keys that only applied to the old one
+    are dropped and listed in ``notes``.
+    """
+    from simprune.frameworks import FRAMEWORKS
+
+    base_flat, over_flat = flatten(base or {}), flatten(overrides or {})
+    framework = str(over_flat.get("framework", base_flat.get("framework", TrainConfig.framework)))
+    FRAMEWORKS.get(framework)  # unknown framework: KeyError listing the known ones
+    base_k = _resolve(base_flat, framework, where)
+    over_k = _resolve(over_flat, framework, "")
+    merged = {**base_k, **over_k}
+    method = str(merged.get("reducer.method", ReducerConfig.method))
+    kind = str(merged.get("teacher.kind", "") or _default_teacher(framework))
+    notes: list[str] = []
+    dropped = []
+    for k in list(base_k):
+        if k not in over_k and _not_applicable(k, framework, method, kind):
+            dropped.append(k)
+            del merged[k]
+    if dropped:
+        switched = [s for s in ("framework", "reducer.method", "teacher.kind") if s in over_k]
+        if not switched:  # the recipe itself is inconsistent
+            raise ValueError(where + _not_applicable(dropped[0], framework, method, kind)
+                             + "; remove it from the recipe")
+        notes.append(f"{', '.join(switched)} overridden: ignoring the recipe's {', '.join(dropped)}")
+    for k in merged:
+        why = _not_applicable(k, framework, method, kind)
+        if why:
+            raise ValueError(f"{why}; remove it or change the component it belongs to")
+    cfg = TrainConfig()
+    fw_cls = FRAMEWORKS.get(framework).Config
+    sections = {"reducer": ReducerConfig(), "teacher": TeacherConfig(), framework: fw_cls()}
+    for k, v in merged.items():
+        section, _, leaf = k.rpartition(".")
+        obj = sections[section] if section else cfg
+        setattr(obj, leaf, _coerce(k, v, getattr(obj, leaf)))
+    cfg.reducer, cfg.teacher, cfg.fw = sections["reducer"], sections["teacher"], sections[framework]
+    if not cfg.teacher.kind:
+        cfg.teacher.kind = kind
+    cfg.notes = notes
+    return cfg
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a TOML recipe (flat table of config keys)."""
+    """Read a TOML recipe (base keys and section tables), checking its keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} not found")
-    with path.open("rb") as f:
-        data = tomllib.load(f)
-    unknown = sorted(set(data) - set(valid_keys()))
-    if unknown:
-        raise ValueError(f"{path}: unknown config keys {unknown}; valid keys: {', '.join(valid_keys())}")
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    _resolve(flatten(data), str(data.get("framework", TrainConfig.framework)), f"{path}: ")
     return data
 
 
+def _flat_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(d).items()}
+
+
+def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config in today's nested form. Configs saved before sections existed (flat
+    keys, e.g. ``moco_hidden``) are read through the flat aliases; keys they predate get defaults."""
+    if "reducer" in saved and isinstance(saved["reducer"], dict):
+        return saved
+    framework = saved.get("framework", TrainConfig.framework)
+    table = aliases()
+    keep: dict[str, Any] = {}
+    method = saved.get("method", ReducerConfig.method)
+    for k, v in saved.items():
+        target = table.get(k, k)
+        if target.startswith("*."):
+            target = f"{framework}.{target[2:]}"
+        section = _section_of(target)
+        if section and section not in ("reducer", "teacher", framework):
+            continue  # the other framework's keys, which the flat config always held
+        keep[target] = v
+    # old flat configs always held every key: keep only what applies, as a recipe would
+    kind = _default_teacher(framework)
+    keep = {k: v for k, v in keep.items() if not _not_applicable(k, framework, method, kind)}
+    return make_config(keep).to_dict()
+
+
 def incompatible(saved: dict[str, Any], current: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between a checkpoint's config and ``current`` (beyond the
-    keys that may change on resume). A key the checkpoint predates (added to simprune later) counts
-    as having its default value, so old runs stay resumable under the settings they had."""
-    now = current.to_dict()
-    then = {**TrainConfig().to_dict(), **saved}
+    """Keys whose values differ between a checkpoint's config and ``current`` (beyond the keys
+    that may change on resume). A key the checkpoint predates counts as having its default value,
+    so old runs stay resumable under the settings they had."""
+    now = _flat_dict(current.to_dict())
+    then_cfg = make_config(upgrade_saved(saved))
+    then = _flat_dict(then_cfg.to_dict())
     keys = (set(then) | set(now)) - RESUMABLE_CHANGES
     return {k: (then.get(k), now.get(k)) for k in sorted(keys) if then.get(k) != now.get(k)}

@@ -47,3 +47,48 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
         lin = linear_probe(tr_f, tr_y, te_f, te_y, num_classes, seed=seed)
         out["linear_top1"] = lin["top1"]
     return out
+
+
+def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: Any,
+                 device: torch.device, final: bool = True, branch: str | None = None) -> dict[str, Any]:
+    """SSL evaluation: weighted k-NN (and a linear probe at the end when asked) on the frozen CLS
+    features of the framework's evaluation backbone."""
+    branch = branch or framework.eval_branch
+    res = evaluate(framework.eval_backbone(branch), train_set, test_set, cfg.dataset, data.num_classes,
+                   device, cfg.knn_train, cfg.knn_test, cfg.knn_k, cfg.knn_temperature,
+                   linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size)
+    res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
+    res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} CLS, "
+                      f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']})"
+                      + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))
+    return res
+
+
+@torch.no_grad()
+def classify_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: Any,
+                      device: torch.device, final: bool = True, branch: str | None = None) -> dict[str, Any]:
+    """Supervised evaluation: top-1/top-5 of the framework's own classifier (``predict``) on the
+    test split (``knn_test`` images, 0: all; a seeded random subset otherwise)."""
+    model = framework.student
+    was_training = model.training
+    model.eval()
+    transform = EvalTransform(cfg.global_size, data.mean, data.std).to(device)
+    idx = random_subset(len(test_set), cfg.knn_test or None, cfg.seed + 1)
+    top1 = top5 = 0
+    for images, labels in batches(test_set, 256, idx):
+        logits = framework.predict(transform(images.to(device)))
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices.cpu()
+        hit = top == labels.view(-1, 1)
+        top1 += int(hit[:, 0].sum())
+        top5 += int(hit.any(dim=1).sum())
+    model.train(was_training)
+    n = len(idx)
+    res: dict[str, Any] = {"top1": round(100.0 * top1 / n, 4), "top5": round(100.0 * top5 / n, 4),
+                           "test": n}
+    res["summary"] = f"test top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({n} images)"
+    return res
+
+
+#: evaluation protocol name -> function(framework, train_set, test_set, cfg, data, device, final)
+EVAL_PROTOCOLS = {"knn": knn_protocol, "classify": classify_protocol}

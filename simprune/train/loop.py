@@ -15,20 +15,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from simprune import dist
 from simprune.atomic import atomic_write_text
-from simprune.data import load_dataset, resolve_data_root
-from simprune.data.augment import MultiCropAugment, MultiCropConfig, TwoCropAugment, TwoCropConfig
+from simprune.data import DATASETS, load_dataset, resolve_data_root
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
-from simprune.frameworks import DINO, FRAMEWORKS, MoCoV3, PruneSettings
-from simprune.models import create_model
+from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
 from simprune.models.init import check_init_options
-from simprune.train import dist
 from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
 from simprune.train.config import TrainConfig, incompatible
-from simprune.train.evaluate import evaluate
-from simprune.train.log import MetricsLog, Progress
-from simprune.train.optim import cosine, lr_at, param_groups, set_hparams
+from simprune.train.evaluate import EVAL_PROTOCOLS
+from simprune.train.log import MetricsLog
+from simprune.train.log import Progress as ProgressBar
+from simprune.train.optim import cosine, lr_at, set_hparams
 from simprune.train.sampler import ResumableSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,59 +37,63 @@ class TrainingError(RuntimeError):
     """A run that cannot start or go on (bad config, incompatible checkpoint, non-finite loss)."""
 
 
-def build_framework(cfg: TrainConfig) -> nn.Module:
-    """The SSL framework (student, teacher, heads) a config describes."""
-    if cfg.framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
-    backbone = create_model(cfg.model, reduce_at=tuple(cfg.reduce_at), drop_path_rate=cfg.drop_path,
-                            img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
-                            freeze_patch_embed=cfg.freeze_patch_embed)
-    prune = PruneSettings(cfg.method, cfg.keep_rate, cfg.window, tuple(cfg.keep_warmup),
-                          dict(cfg.reducer_options))
-    if cfg.framework == "dino":
-        return DINO(backbone, prune, cfg.out_dim, cfg.head_hidden, cfg.bottleneck, cfg.student_temp,
-                    cfg.teacher_temp, cfg.warmup_teacher_temp, cfg.warmup_teacher_frac,
-                    cfg.center_momentum)
-    return MoCoV3(backbone, prune, cfg.moco_dim, cfg.moco_hidden, cfg.moco_temperature)
+def data_info(cfg: TrainConfig, train_set: Any = None) -> DataInfo:
+    """What a framework may know of the training data: classes, size, channels, statistics.
 
-
-def build_augment(cfg: TrainConfig) -> nn.Module:
+    Without ``train_set`` (cost benchmarks, tests) the data set's registered facts are used.
+    """
     mean, std = dataset_stats(cfg.dataset)
-    if cfg.framework == "dino":
-        return MultiCropAugment(MultiCropConfig(
-            global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.local_views,
-            global_scale=tuple(cfg.global_scale), local_scale=tuple(cfg.local_scale),
-            mean=mean, std=std, color_ops=cfg.color_ops,
-            **({} if cfg.blur else {"blur_p_global": (0.0, 0.0), "blur_p_local": 0.0}),
-            **({} if cfg.solarize else {"solarize_p_global": (0.0, 0.0)})))
-    if cfg.local_views:
-        raise ValueError(f"local_views={cfg.local_views}: MoCo v3 uses two crops; set local_views=0")
-    return TwoCropAugment(TwoCropConfig(
-        size=cfg.global_size, scale=tuple(cfg.global_scale), mean=mean, std=std,
-        color_ops=cfg.color_ops, **({} if cfg.blur else {"blur_p": (0.0, 0.0)}),
-        **({} if cfg.solarize else {"solarize_p": (0.0, 0.0)})))
+    key = cfg.dataset.lower().replace("-", "_")
+    spec = DATASETS.get(key) if key in DATASETS else None
+    if train_set is not None:
+        labels = getattr(train_set, "labels", None)
+        classes = getattr(train_set, "classes", None) or []
+        n_classes = len(classes) or (int(labels.max()) + 1 if labels is not None and len(labels) else 0)
+        n = len(train_set)
+    else:
+        n_classes, n = (spec.n_classes if spec is not None and spec.n_classes else 10), 0
+    return DataInfo(cfg.dataset, n_classes, n, has_labels=n_classes > 0, in_chans=len(mean),
+                    mean=tuple(mean), std=tuple(std))
+
+
+def build_framework(cfg: TrainConfig, data: DataInfo | None = None) -> Framework:
+    """The framework (branches, teacher, heads) a config describes."""
+    return FRAMEWORKS.get(cfg.framework).build(cfg, data or data_info(cfg))
+
+
+def build_augment(cfg: TrainConfig, framework: Framework, data: DataInfo | None = None) -> nn.Module:
+    return framework.build_augment(cfg, data or data_info(cfg))
 
 
 def check_config(cfg: TrainConfig) -> None:
     """Fail fast, before any file is written, on values that cannot work."""
+    from simprune.models import MODELS
     from simprune.reducers import REDUCERS
     from simprune.reducers.schedule import WINDOWS
     from simprune.tokens import check_keep_rate
 
-    check_keep_rate(cfg.keep_rate, "keep_rate")
-    if cfg.method != "dense":
-        REDUCERS.get(cfg.method)
-    WINDOWS.get(cfg.window)
+    fw = FRAMEWORKS.get(cfg.framework)
+    MODELS.get(cfg.model)
+    rc = cfg.reducer
+    if rc.method != "dense":
+        REDUCERS.get(rc.method)
+        check_keep_rate(rc.keep_rate, "reducer.keep_rate")
+        WINDOWS.get(rc.window)
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    if cfg.framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {cfg.framework!r}; known: {', '.join(FRAMEWORKS)}")
     check_init_options(cfg.init, cfg.pos_embed)
-    if not 0.0 <= cfg.momentum <= 1.0 or not 0.0 <= cfg.momentum_end <= 1.0:
-        raise ValueError(f"momentum and momentum_end (teacher EMA) must be in [0, 1], got "
-                         f"{cfg.momentum} and {cfg.momentum_end}")
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    for key in ("log_every", "ckpt_every"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1 (steps), got {getattr(cfg, key)}")
+    for key in ("knn_k", "knn_train", "knn_test"):
+        if getattr(cfg, key) < (1 if key == "knn_k" else 0):
+            raise ValueError(f"{key} must be >= {1 if key == 'knn_k' else 0}, got {getattr(cfg, key)}")
+    if fw.eval_protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"framework {cfg.framework!r} evaluates by {fw.eval_protocol!r}; known "
+                         f"protocols: {', '.join(EVAL_PROTOCOLS)}")
+    fw.check(cfg)
 
 
 class Trainer:
@@ -118,18 +121,26 @@ class Trainer:
         root = resolve_data_root(cfg.data or None)
         self.train_set = load_dataset(cfg.dataset, root, "train")
         self.root = root
+        self.data = data_info(cfg, self.train_set)
+        fw_cls = FRAMEWORKS.get(cfg.framework)
+        if fw_cls.needs_labels and not self.data.has_labels:
+            raise TrainingError(f"framework {cfg.framework!r} needs class labels, but data set "
+                                f"{cfg.dataset!r} has none")
         subset = random_subset(len(self.train_set), cfg.train_subset or None, cfg.seed)
-        self.sampler = ResumableSampler(subset, cfg.batch_size, cfg.seed, self.rank, self.world)
+        self.framework = build_framework(cfg, self.data).to(self.device)
+        make_filter = getattr(self.framework, "sample_filter", None)
+        self.filter = make_filter(subset) if make_filter is not None else None
+        self.sampler = ResumableSampler(subset, cfg.batch_size, cfg.seed, self.rank, self.world,
+                                        self.filter)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = int(math.ceil(cfg.epochs * self.steps_per_epoch))
-        self.framework = build_framework(cfg).to(self.device)
-        self.augment = build_augment(cfg).to(self.device)
+        self.augment = build_augment(cfg, self.framework, self.data).to(self.device)
         self.model: nn.Module = self.framework
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.framework, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
-        self.opt = torch.optim.AdamW(param_groups(self.framework.student), lr=cfg.lr,
+        self.opt = torch.optim.AdamW(self.framework.param_groups(), lr=cfg.lr,
                                      weight_decay=cfg.weight_decay)
         self.amp_dtype = PRECISIONS[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
@@ -144,6 +155,8 @@ class Trainer:
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "framework": self.framework.state_dict(),
+                "eval_branch": self.framework.eval_branch,
+                "sampler_filter": self.filter.state_dict() if self.filter is not None else None,
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "rng": rng_state(),
                 "train_seconds": self.train_seconds + self._sitting_seconds(),
@@ -153,6 +166,8 @@ class Trainer:
         self.framework.load_state_dict(saved["framework"])
         self.opt.load_state_dict(saved["optimizer"])
         self.scaler.load_state_dict(saved["scaler"])
+        if self.filter is not None and saved.get("sampler_filter") is not None:
+            self.filter.load_state_dict(saved["sampler_filter"])
         self.step = saved["step"]
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.eval_results = saved.get("eval", [])
@@ -173,8 +188,8 @@ class Trainer:
         dist.barrier()
 
     # --- one step --------------------------------------------------------------------------
-    def views_for(self, step: int):
-        """Augmented views of this process's part of global batch ``step``.
+    def batch_for(self, step: int) -> Batch:
+        """Augmented views, labels and dataset rows of this process's part of global batch ``step``.
 
         Augmentation draws from a generator seeded by ``(seed, step)``, so a resumed run sees the
         same views. In deterministic mode every process augments the whole global batch and keeps
@@ -184,7 +199,8 @@ class Trainer:
         cfg = self.cfg
         whole = cfg.deterministic and self.world > 1
         idx = self.sampler.global_batch_indices(epoch, it) if whole else self.sampler.batch(epoch, it)
-        images = self._fetch(idx).to(self.device, non_blocking=True)
+        images, labels = self._fetch(idx)
+        images = images.to(self.device, non_blocking=True)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed((cfg.seed * 1_000_003 + step) * 131 + (0 if whole else self.rank))
@@ -194,17 +210,18 @@ class Trainer:
             sl = slice(self.rank * local, (self.rank + 1) * local)
             views.globals = [v[sl] for v in views.globals]
             views.locals = [v[sl] for v in views.locals]
-        return views
+            idx, labels = idx[sl], labels[sl]
+        return Batch(views, labels.to(self.device, non_blocking=True), idx.to(self.device))
 
-    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``[B, C, H, W]`` of dataset rows ``idx``.
+    def _fetch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images ``[B, C, H, W]`` and int64 labels ``[B]`` of dataset rows ``idx``.
 
         In-memory datasets gather in one call; lazily decoded ones (ImageFolder) decode the batch
         in ``num_workers`` threads.
         """
         get_batch = getattr(self.train_set, "get_batch", None)
         if get_batch is not None:
-            return get_batch(idx)[0]
+            return get_batch(idx)
         rows = idx.tolist()
         if self.cfg.num_workers > 0:
             if getattr(self, "_pool", None) is None:
@@ -214,35 +231,36 @@ class Trainer:
             items = list(self._pool.map(self.train_set.__getitem__, rows))
         else:
             items = [self.train_set[i] for i in rows]
-        return torch.stack([img for img, _ in items])
+        return (torch.stack([img for img, _ in items]),
+                torch.tensor([int(y) for _, y in items], dtype=torch.int64))
 
     def train_step(self, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg = self.cfg
-        t = step / max(1, self.total_steps)
+        progress = Progress(step, self.total_steps, self.steps_per_epoch)
+        t = progress.t
         lr = lr_at(t, cfg.lr * (cfg.batch_size / 256 if cfg.lr_scale else 1.0), cfg.min_lr,
                    cfg.warmup_frac)
         wd = cosine(cfg.weight_decay, cfg.weight_decay_end, t)
         set_hparams(self.opt, lr, wd)
-        views = self.views_for(step)
-        self.framework.student.train()
+        batch = self.batch_for(step)
+        self.framework.trainable().train()
         # Free last step's gradients before the forward, not after: on a GPU they would otherwise
         # sit in memory through the forward and raise peak memory by one gradient copy.
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            out = self.model(views, t)
+            out = self.model(batch, progress)
         self.scaler.scale(out.loss).backward()
         if cfg.clip_grad > 0:
             self.scaler.unscale_(self.opt)
-            torch.nn.utils.clip_grad_norm_(self.framework.student.parameters(), cfg.clip_grad)
-        if isinstance(self.framework, DINO) and step / self.steps_per_epoch < cfg.freeze_last_layer:
-            for p in self.framework.last_layer().parameters():
-                p.grad = None
+            torch.nn.utils.clip_grad_norm_(self.framework.trainable().parameters(), cfg.clip_grad)
+        self.framework.before_optimizer_step(progress)
         self.scaler.step(self.opt)
         self.scaler.update()
-        momentum = cosine(cfg.momentum, cfg.momentum_end, t)
-        self.framework.update_teacher(momentum)
-        logs = {"lr": lr, "wd": wd, "momentum": momentum, **out.logs}
+        after = self.framework.after_step(progress)
+        if self.filter is not None:
+            self.filter.observe(batch, out, progress)
+        logs = {"lr": lr, "wd": wd, **after, **out.logs}
         return out.loss.detach(), logs
 
     # --- the run ---------------------------------------------------------------------------
@@ -254,7 +272,7 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._sitting_start, self._eval_seconds = time.perf_counter(), 0.0
-        progress = Progress(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
+        progress = ProgressBar(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
         t0, step0, last_good = time.perf_counter(), self.step, self.step
         knn_every = int(round(cfg.knn_every * self.steps_per_epoch)) if cfg.knn_every > 0 else 0
         stop_at = self.total_steps if cfg.max_steps <= 0 else min(self.total_steps, cfg.max_steps)
@@ -320,19 +338,13 @@ class Trainer:
         res: dict[str, Any] = {}
         if dist.is_main():
             test_set = load_dataset(cfg.dataset, self.root, cfg.test_split)
-            num_classes = len(getattr(self.train_set, "classes", [])) or int(
-                self.train_set.labels.max()) + 1
-            res = evaluate(self.framework.eval_backbone(), self.train_set, test_set, cfg.dataset,
-                           num_classes, self.device, cfg.knn_train, cfg.knn_test, cfg.knn_k,
-                           cfg.knn_temperature, linear=cfg.linear_probe and final, seed=cfg.seed,
-                           size=cfg.global_size)
+            protocol = EVAL_PROTOCOLS[self.framework.eval_protocol]
+            res = protocol(self.framework, self.train_set, test_set, cfg, self.data, self.device,
+                           final=final)
             res["step"] = self.step
             self.eval_results.append(res)
             self.log.write({"step": self.step, "eval": res})
-            print(f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  "
-                  f"({self.framework.eval_branch} CLS, "
-                  f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']}, step {self.step})",
-                  flush=True)
+            print(res.pop("summary", ""), flush=True)
         dist.barrier()
         return res
 

@@ -23,14 +23,14 @@ ROWS = [0, 1, 16, 17]
 #: tiny runs on real CIFAR-10: 48-wide 12-block ViT/4, 64 images, batch 16, reductions at 4/7/10
 BASE: dict[str, Any] = {
     "model": "vit_nano_patch4_32", "dataset": "cifar10", "train_subset": 64, "batch_size": 16,
-    "epochs": 1.0, "moco_hidden": 64, "moco_dim": 32, "out_dim": 64, "head_hidden": 64,
-    "bottleneck": 16, "log_every": 1, "ckpt_every": 1000, "progress_bar": False, "drop_path": 0.1,
-    "deterministic": True, "eval_at_end": False, "keep_rate": 0.7, "seed": 3,
+    "epochs": 1.0, "log_every": 1, "ckpt_every": 1000, "progress_bar": False, "drop_path": 0.1,
+    "deterministic": True, "eval_at_end": False, "seed": 3,
 }
 FRAMEWORKS: dict[str, dict[str, Any]] = {
-    "dino": {"framework": "dino", "local_views": 2, "local_size": 16, "warmup_teacher_frac": 0.5,
-             "warmup_teacher_temp": 0.02, "freeze_last_layer": 0.25},
-    "mocov3": {"framework": "mocov3"},
+    "dino": {"framework": "dino", "dino": {
+        "local_views": 2, "local_size": 16, "warmup_teacher_frac": 0.5, "warmup_teacher_temp": 0.02,
+        "freeze_last_layer": 0.25, "out_dim": 64, "head_hidden": 64, "bottleneck": 16}},
+    "mocov3": {"framework": "mocov3", "mocov3": {"hidden": 64, "dim": 32}},
 }
 METHODS = ("dense", "simprune", "evit", "tome")
 
@@ -40,7 +40,8 @@ def run_one(framework: str, method: str, out: Path) -> dict[str, Any]:
     from simprune.train.config import make_config
     from simprune.train.loop import Trainer
 
-    cfg = make_config({**BASE, **FRAMEWORKS[framework], "method": method, "out": str(out)})
+    reducer = {"method": method} if method == "dense" else {"method": method, "keep_rate": 0.7}
+    cfg = make_config({**BASE, **FRAMEWORKS[framework], "reducer": reducer, "out": str(out)})
     trainer = Trainer(cfg)
     fw = trainer.framework
     captured: list[Any] = []
@@ -59,7 +60,7 @@ def run_one(framework: str, method: str, out: Path) -> dict[str, Any]:
             losses.append(float(loss).hex())
             trainer.step = step + 1
     points = []
-    for pt in captured[0].dual.points:
+    for pt in captured[0].points:
         rec = {"block": pt.block, "student": pt.student.ids[ROWS].tolist(),
                "teacher": pt.teacher.ids[ROWS].tolist()}
         if pt.local is not None:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import torch
-from train_testkit import PY, TINY, cli_args, run_env
+from train_testkit import PY, TINY, cli_args, run_env, with_heads
 
 from simprune.train.config import make_config
 from simprune.train.loop import Trainer, TrainingError
@@ -73,8 +73,10 @@ def test_unknown_config_key(finished_run, data_root, tmp_path):
     assert res.returncode == 2 and "keep_rat" in res.stderr and "keep_rate" in res.stderr
     res = train([*cli_args(**cfg), "--keep-rat", "0.7"], run_env(data_root))
     assert res.returncode == 2 and "keep-rat" in res.stderr
-    with pytest.raises(ValueError, match="unknown config keys.*keep_rat.*valid keys"):
+    with pytest.raises(ValueError, match="unknown config key 'keep_rat'.*Did you mean 'keep_rate'"):
         make_config({"keep_rat": 0.7})
+    with pytest.raises(ValueError, match=r"unknown key 'keep_rat' in \[reducer\]; valid: method"):
+        make_config({"reducer": {"method": "evit", "keep_rat": 0.7}})
     assert_untouched(run, before)
 
 
@@ -101,10 +103,27 @@ def test_checkpoint_from_before_a_new_key_resumes_under_its_default():
     resumes unchanged, and setting the new key to anything else is refused."""
     from simprune.train.config import TrainConfig, incompatible
 
-    saved = TrainConfig().to_dict()
-    del saved["momentum_end"]
-    assert incompatible(saved, TrainConfig()) == {}
-    assert incompatible(saved, TrainConfig(momentum_end=0.99)) == {"momentum_end": (1.0, 0.99)}
+    from simprune.train.config import make_config
+
+    saved = make_config().to_dict()
+    del saved["teacher"]["momentum_end"]
+    assert incompatible(saved, make_config()) == {}
+    assert incompatible(saved, make_config({"momentum_end": 0.99})) == {
+        "teacher.momentum_end": (1.0, 0.99)}
+
+
+def test_checkpoint_config_from_before_sections_is_read_through_the_aliases():
+    """A checkpoint made before the sectioned config (flat keys, every framework's keys) resumes:
+    its keys are read through the flat aliases, the other framework's keys are dropped."""
+    from simprune.train.config import incompatible, make_config
+
+    flat = {"framework": "mocov3", "method": "simprune", "keep_rate": 0.8, "window": "sliding",
+            "moco_hidden": 64, "moco_dim": 32, "out_dim": 4096, "student_temp": 0.1,
+            "momentum": 0.99, "model": "vit_nano_patch4_32"}
+    now = make_config({"framework": "mocov3", "model": "vit_nano_patch4_32", "momentum": 0.99,
+                       "reducer": {"method": "simprune"}, "mocov3": {"hidden": 64, "dim": 32}})
+    assert incompatible(flat, now) == {}
+    assert incompatible(dict(flat, moco_hidden=128), now) == {"mocov3.hidden": (128, 64)}
 
 
 @pytest.mark.parametrize("key", ["momentum", "momentum_end"])
@@ -124,7 +143,7 @@ def test_unknown_method_lists_known(finished_run, data_root):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    cfg = make_config(TINY, {"framework": "mocov3", "method": "simprune", "data": str(data_root),
+    cfg = make_config(with_heads(dict(TINY, framework="mocov3")), {"method": "simprune", "data": str(data_root),
                              "out": str(tmp_path / "run"), "ckpt_every": 2, "log_every": 1,
                              "eval_at_end": False})
     trainer = Trainer(cfg)

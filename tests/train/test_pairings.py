@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from train_testkit import TINY
+from train_testkit import TINY, with_heads
 
 from simprune.train.config import make_config
 from simprune.train.loop import Trainer
@@ -15,13 +15,16 @@ from simprune.train.loop import Trainer
 METHODS = ["dense", "simprune", "evit", "tome", "random"]
 
 
-@pytest.mark.parametrize("framework", ["dino", "mocov3"])
+@pytest.mark.parametrize("framework", ["dino", "mocov3", "supervised"])
 @pytest.mark.parametrize("method", METHODS)
 def test_framework_reducer_pairing_trains(framework, method, data_root, tmp_path):
+    if framework == "supervised" and method == "simprune":
+        pytest.skip("a pair reducer needs two branches (refused at config time, tested elsewhere)")
     torch.set_num_threads(1)
-    cfg = make_config(TINY, {"framework": framework, "method": method, "data": str(data_root),
-                             "out": str(tmp_path / "run"), "max_steps": 3, "eval_at_end": False,
-                             "local_views": 2 if framework == "dino" else 0})
+    extra = {"local_views": 2} if framework == "dino" else {}
+    cfg = make_config(with_heads(dict(TINY, framework=framework)), {
+        "method": method, "data": str(data_root), "out": str(tmp_path / "run"), "max_steps": 3,
+        "eval_at_end": False, **extra})
     trainer = Trainer(cfg)
     before = {k: v.clone() for k, v in trainer.framework.student.state_dict().items()}
     result = trainer.run()
@@ -47,12 +50,12 @@ def test_framework_reducer_pairing_trains(framework, method, data_root, tmp_path
 def test_moco_teacher_head_uses_batch_statistics():
     """The momentum projector's BatchNorm must normalise with batch statistics (its running
     buffers are never trained), while the teacher backbone runs without drop-path."""
-    from simprune.frameworks import MoCoV3, PruneSettings
+    from simprune.drive.plan import DENSE_PLAN
+    from simprune.frameworks import MoCoV3
     from simprune.models import create_model
 
     torch.manual_seed(0)
-    fw = MoCoV3(create_model("vit_nano_patch4_32", drop_path_rate=0.5), PruneSettings(), dim=16,
-                hidden=32)
+    fw = MoCoV3(create_model("vit_nano_patch4_32", drop_path_rate=0.5), DENSE_PLAN, dim=16, hidden=32)
     x = torch.randn(8, 3, 32, 32)
     fw.encode(x, None, 0.0)
     assert not fw.teacher["backbone"].training and fw.teacher["head"].training

@@ -33,5 +33,6 @@ def test_readme_main_job_is_the_mocov3_simprune_recipe():
     readme = " ".join((REPO / "README.md").read_text().split())  # line wrapping does not matter
     assert "simprune train --config configs/cifar10_mocov3_simprune.toml" in readme
     cfg = make_config(load_recipe(REPO / "configs" / "cifar10_mocov3_simprune.toml"))
-    assert (cfg.framework, cfg.method, cfg.keep_rate, cfg.dataset) == ("mocov3", "simprune", 0.8, "cifar10")
-    assert cfg.window == "prune_similar" and "`--window sliding` runs the paper's schedule" in readme
+    assert (cfg.framework, cfg.reducer.method, cfg.reducer.keep_rate, cfg.dataset) == (
+        "mocov3", "simprune", 0.8, "cifar10")
+    assert cfg.reducer.window == "prune_similar" and "`--window sliding` runs the paper's schedule" in readme

@@ -13,16 +13,27 @@ DATA = Path(os.environ.get("SIMPRUNE_DATA") or REPO.parent / "shared" / "data")
 #: a tiny run: 48-wide 12-block ViT/4, 256 random training images, k-NN on small subsets
 TINY = {
     "model": "vit_nano_patch4_32", "dataset": "cifar10", "train_subset": 256, "batch_size": 16,
-    "epochs": 0.25, "moco_hidden": 64, "moco_dim": 32, "out_dim": 64, "head_hidden": 64,
-    "bottleneck": 16, "knn_train": 256, "knn_test": 64, "log_every": 1, "ckpt_every": 2,
+    "epochs": 0.25, "knn_train": 256, "knn_test": 64, "log_every": 1, "ckpt_every": 2,
     "progress_bar": False, "drop_path": 0.0,
+}
+#: tiny heads per framework (flat aliases), added by :func:`cli_args` for the chosen framework
+TINY_HEADS: dict[str, dict[str, object]] = {
+    "mocov3": {"moco_hidden": 64, "moco_dim": 32},
+    "dino": {"out_dim": 64, "head_hidden": 64, "bottleneck": 16},
+    "supervised": {},
 }
 
 
+def with_heads(cfg: dict[str, object]) -> dict[str, object]:
+    """``cfg`` plus the tiny head sizes of its framework (MoCo v3 by default), unless given."""
+    heads = TINY_HEADS.get(str(cfg.get("framework", "mocov3")), {})
+    return {**{k: v for k, v in heads.items() if k not in cfg}, **cfg}
+
+
 def cli_args(**cfg: object) -> list[str]:
-    """``simprune train`` flags for a config dict."""
+    """``simprune train`` flags for a config dict (tiny heads of its framework added)."""
     out: list[str] = []
-    for k, v in cfg.items():
+    for k, v in with_heads(cfg).items():
         out.append("--" + k.replace("_", "-"))
         out.extend(str(x) for x in v) if isinstance(v, (list, tuple)) else out.append(str(v))
     return out

@@ -1,0 +1,113 @@
+"""What the dual-branch SSL frameworks (DINO, MoCo v3) share: a student, an EMA teacher, a
+reduction plan per branch (paired branches reduce in lock-step) and the pruning diagnostics."""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from simprune.drive import DualOutput, dual_forward
+from simprune.drive.plan import ReductionPlan
+from simprune.frameworks.base import DENSE, Framework, Progress
+from simprune.models import create_model
+from simprune.models.vit import VisionTransformer
+from simprune.reducers import KeepRateSchedule, create_reducer
+from simprune.teachers import EMATeacher, copy_matching_
+
+
+def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
+    """The ViT a config describes (size, reduction points, initialisation)."""
+    extra = {} if data is None else {"in_chans": data.in_chans}
+    return create_model(cfg.model, reduce_at=tuple(cfg.reducer.reduce_at), drop_path_rate=cfg.drop_path,
+                        img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
+                        freeze_patch_embed=cfg.freeze_patch_embed, **extra)
+
+
+def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - TrainConfig
+    """The student's and the teacher's reduction plans from the ``[reducer]`` section."""
+    rc = cfg.reducer
+    if rc.branches not in ("both", "student"):
+        raise ValueError(f"reducer.branches must be 'both' or 'student', got {rc.branches!r}")
+    if rc.method == DENSE:
+        return ReductionPlan(), ReductionPlan()
+    reducer = create_reducer(rc.method, **rc.options)
+    keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup)
+    student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
+    if reducer.is_pair:
+        if rc.branches != "both":
+            raise ValueError(f"{rc.method!r} is a pair reducer: it reduces both branches together "
+                             "(reducer.branches must be 'both')")
+        return student, student
+    return student, (student if rc.branches == "both" else ReductionPlan())
+
+
+class DualBranch(Framework):
+    """Student (trained) and teacher (EMA of the student) branches, each a backbone and a head.
+
+    Subclasses define the heads and the loss in ``forward(batch, progress) -> StepOutput``.
+    """
+
+    teachers: ClassVar[tuple[str, ...]] = ("ema",)
+    default_teacher: ClassVar[str] = "ema"
+    pair_reducers: ClassVar[bool] = True
+    eval_branch: ClassVar[str] = "teacher"
+
+    @classmethod
+    def check(cls, cfg) -> None:  # noqa: ANN001 - TrainConfig
+        super().check(cfg)
+        for key in ("momentum", "momentum_end"):
+            m = getattr(cfg.teacher, key)
+            if not 0.0 <= m <= 1.0:
+                raise ValueError(f"teacher.{key} (the EMA teacher's momentum) must be in [0, 1], got {m}")
+
+    def __init__(self, backbone: VisionTransformer, student_head: nn.Module, teacher_head: nn.Module,
+                 plan: ReductionPlan, teacher_plan: ReductionPlan | None = None,
+                 momentum: float = 0.996, momentum_end: float = 1.0) -> None:
+        super().__init__()
+        self.student = nn.ModuleDict({"backbone": backbone, "head": student_head})
+        self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone), "head": teacher_head})
+        self.student_only = copy_matching_(self.teacher, self.student)  # e.g. MoCo's predictor
+        self.plan = plan
+        self.teacher_plan = plan if teacher_plan is None else teacher_plan
+        self.ema = EMATeacher(self.student, self.teacher, momentum, momentum_end)
+
+    @property
+    def reducer(self):  # noqa: ANN201 - the student's reducer (or None)
+        return self.plan.reducer
+
+    def encode(self, globals_: Tensor, locals_: Tensor | None, t: float) -> DualOutput:
+        """Both backbones on ``globals_: [2B, C, H, W]`` (+ student ``locals_``), with pruning."""
+        # Teacher backbone in eval mode (no drop-path); its head in train mode so BatchNorm (MoCo
+        # v3's momentum projector) normalises with batch statistics, as the reference does: the
+        # EMA copies parameters, not BN buffers, so running statistics would be meaningless.
+        self.teacher["backbone"].eval()
+        self.teacher["head"].train()
+        teacher_reducer = "same" if self.teacher_plan is self.plan else self.teacher_plan.reducer
+        return dual_forward(self.student["backbone"], self.teacher["backbone"], globals_, globals_,
+                            self.plan.reducer, self.plan.keep_rate(t), self.plan.position(t), locals_,
+                            teacher_reducer=teacher_reducer)
+
+    def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
+        """The backbone to evaluate: ``branch`` ("teacher"/"student") or the framework's default."""
+        branch = branch or self.eval_branch
+        if branch not in ("teacher", "student"):
+            raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
+        return (self.teacher if branch == "teacher" else self.student)["backbone"]
+
+    def after_step(self, progress: Progress) -> dict[str, float]:
+        return {"momentum": self.ema.update(progress.t)}
+
+    def pruning_logs(self, dual: DualOutput, t: float) -> dict[str, Tensor | float]:
+        """Tokens kept per point, window position and SimPrune's pair statistics."""
+        logs: dict[str, Tensor | float] = {"keep_rate": self.plan.keep_rate(t)}
+        if self.plan.is_pair:
+            logs["window"] = self.plan.position(t)
+        for i, pt in enumerate(dual.points, start=1):
+            logs[f"tokens/p{i}"] = float(pt.student.tokens_out)
+            if pt.stats is not None:
+                logs[f"m2o/p{i}"] = pt.stats.many_to_one
+                logs[f"dup/p{i}"] = pt.stats.dup_partners
+                logs[f"sim_kept/p{i}"] = pt.stats.sim_kept
+        return logs

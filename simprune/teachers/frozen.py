@@ -1,0 +1,94 @@
+"""A frozen teacher: any ViT loaded strictly from a simprune run or a timm-named weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simprune.models import create_model
+from simprune.models.vit import VisionTransformer
+from simprune.models.weights import load_weights
+
+CKPT_NAME = "checkpoint.pt"
+
+
+def _read_run(path: Path) -> tuple[dict[str, Any], Path]:
+    ckpt = path / CKPT_NAME if path.is_dir() else path
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"teacher {str(path)!r}: no {CKPT_NAME} there; pass a simprune run "
+                                "folder, its checkpoint.pt or a .safetensors file")
+    return torch.load(ckpt, map_location="cpu", weights_only=False), ckpt
+
+
+def load_frozen_teacher(path: str | Path, model: str = "", branch: str = "",
+                        img_size: int | None = None) -> VisionTransformer:
+    """A ViT in eval mode with ``requires_grad=False`` everywhere.
+
+    Args:
+        path: a simprune run folder or ``checkpoint.pt`` (its config names the architecture; the
+            backbone of ``branch``, default the run's evaluation branch, is loaded), or a
+            ``.safetensors``/``.pth`` file with timm names (``model`` names the architecture).
+        model: a registered model name; required for a weights file, optional for a run.
+        img_size: the teacher's input size (default: the run's, or the model's).
+    Raises:
+        FileNotFoundError, ValueError: a missing file, an unnamed architecture, or weights that
+        do not fit the architecture (missing, unexpected or differently shaped tensors).
+    """
+    p = Path(path)
+    overrides: dict[str, Any] = {"reduce_at": ()}
+    if p.suffix in (".safetensors", ".pth", ".bin") and p.is_file():
+        if not model:
+            raise ValueError(f"teacher {str(p)!r} is a weights file: name its architecture with "
+                             "teacher.model (e.g. vit_micro_patch4_32)")
+        if img_size:
+            overrides["img_size"] = img_size
+        net = create_model(model, **overrides)
+        load_weights(net, p, strict=True)
+    else:
+        saved, ckpt = _read_run(p)
+        cfg = saved.get("config", {})
+        branch = branch or saved.get("eval_branch", "")
+        if not branch:
+            raise ValueError(f"{ckpt} predates recorded evaluation branches: set the teacher branch")
+        arch = model or cfg.get("model", "")
+        overrides["img_size"] = img_size or cfg.get("global_size")
+        for key in ("init", "pos_embed"):
+            if key in cfg:
+                overrides[key] = cfg[key]
+        net = create_model(arch, **overrides)
+        prefix = f"{branch}.backbone."
+        sd = {k[len(prefix):]: v for k, v in saved["framework"].items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f"{ckpt} has no {branch!r} backbone")
+        load_weights(net, sd, strict=True)
+    net.eval()
+    for q in net.parameters():
+        q.requires_grad_(False)
+    return net
+
+
+def backbone_state(path: str | Path, branch: str = "",
+                   into: VisionTransformer | None = None) -> dict[str, torch.Tensor]:
+    """The backbone weights of a simprune run (``branch``, default its evaluation branch) or of a
+    timm-named weights file, checked strictly against ``into`` when given (an error lists what is
+    missing, unexpected or differently shaped)."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".pth", ".bin") and p.is_file():
+        from simprune.models.weights import read_state_dict
+
+        sd = read_state_dict(p)
+    else:
+        saved, ckpt = _read_run(p)
+        branch = branch or saved.get("eval_branch", "")
+        if not branch:
+            raise ValueError(f"{ckpt} predates recorded evaluation branches: set init_branch")
+        prefix = f"{branch}.backbone."
+        sd = {k[len(prefix):]: v for k, v in saved["framework"].items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f"{ckpt} has no {branch!r} backbone")
+    if into is not None:
+        load_weights(into, sd, strict=True)  # raises with the differences
+        return into.state_dict()
+    return sd
