@@ -107,7 +107,7 @@ def _write(fig_fn, traces: list[PruningTrace], path: Path, **kwargs) -> Path:
 def run_viz(args: argparse.Namespace) -> int:
     """Make the figures; prints each path written. Returns 0."""
     from simprune.viz.figure import plot_methods, plot_training
-    from simprune.viz.runs import framework_from_run, fresh_framework, load_runs, unique_steps
+    from simprune.viz.runs import base_method, framework_from_run, fresh_framework, load_runs, unique_steps
     from simprune.viz.trace import display_augment, trace_pruning
 
     if args.progress is not None and not 0.0 <= args.progress <= 1.0:
@@ -116,15 +116,16 @@ def run_viz(args: argparse.Namespace) -> int:
     if not args.ckpt:
         from simprune.train.config import load_recipe
 
-        base = {**(load_recipe(args.config) if args.config else {}), **_parse_overrides(args.overrides)}
-        methods = args.methods or [base.get("method", "simprune")]
+        recipe = load_recipe(args.config) if args.config else {}
+        overrides = _parse_overrides(args.overrides)
+        methods = args.methods or [base_method(overrides, base_method(recipe, "simprune"))]
         progress = args.progress if args.progress is not None else 0.0
         traces, image, label = [], None, ""
         for m in methods:
-            cfg, fw = fresh_framework(base, m, args.seed)
+            cfg, fw = fresh_framework(recipe, m, args.seed, overrides)
             if image is None:
                 image, label = _load_image(args, cfg)
-            traces.append(trace_pruning(fw, display_augment(cfg), image, progress, args.seed, m))
+            traces.append(trace_pruning(fw, display_augment(cfg, fw), image, progress, args.seed, m))
         out = Path(args.out or "viz")
         title = f"{label}: fresh random weights ({cfg.model}, {cfg.framework})"
         _write(plot_methods, traces, out / f"viz_fresh_{'-'.join(methods)}_{_stem(args)}.png",
@@ -136,7 +137,8 @@ def run_viz(args: argparse.Namespace) -> int:
     for skipped, kept in twins:
         print(f"note: skipping {skipped.path}: same step {skipped.step} as {kept.path}")
     first = runs[0]
-    methods = args.methods or [first.config.get("method", "simprune")]
+    run_method = base_method(first.config, "simprune")
+    methods = args.methods or [run_method]
     out = Path(args.out) if args.out else first.run_dir / "viz"
     if len(runs) == 1:
         progress = first.progress if args.progress is None else args.progress
@@ -145,10 +147,10 @@ def run_viz(args: argparse.Namespace) -> int:
             cfg, fw, notes = framework_from_run(first, m)
             if image is None:
                 image, label = _load_image(args, cfg)
-            t = trace_pruning(fw, display_augment(cfg), image, progress, args.seed, m)
+            t = trace_pruning(fw, display_augment(cfg, fw), image, progress, args.seed, m)
             t.step, t.total_steps, t.notes = first.step, first.total_steps, notes
             traces.append(t)
-        title = (f"{label}: weights of {_short(first.path)} ({first.config.get('method')}, step "
+        title = (f"{label}: weights of {_short(first.path)} ({run_method}, step "
                  f"{first.step}/{first.total_steps})")
         _write(plot_methods, traces, out / f"viz_{'-'.join(methods)}_step{first.step}_{_stem(args)}.png",
                title=title, **kw)
@@ -164,7 +166,7 @@ def run_viz(args: argparse.Namespace) -> int:
             if image is None:
                 image, label = _load_image(args, cfg)
             progress = run.progress if args.progress is None else args.progress
-            t = trace_pruning(fw, display_augment(cfg), image, progress, args.seed, m)
+            t = trace_pruning(fw, display_augment(cfg, fw), image, progress, args.seed, m)
             t.step, t.total_steps, t.notes = run.step, run.total_steps, notes
             traces.append(t)
         title = f"{label}: {m} across training ({len(runs)} checkpoints of {first.run_dir.name}/)"

@@ -7,8 +7,12 @@ kept along the way (``checkpoint_000500.pt`` ...) can sit next to it. Checkpoint
 Other methods on the same weights: the method only picks the reducer, which has no parameters, so
 a framework built with ``method`` overridden loads the run's whole state dict strictly. Only if
 that fails (a method with parameters of its own) are the two backbones loaded alone, strictly,
-and the skipped keys reported in the trace's notes. The run's ``reducer_options`` belong to its
-own method and are dropped for another method.
+and the skipped keys reported in the trace's notes. The run's ``reducer.options`` belong to its
+own method and are dropped for another method, as are its keys that do not apply to the other
+method (``make_config`` drops them, e.g. ``reducer.window`` when SimPrune is switched to EViT).
+
+Checkpoint configs are nested (``[reducer]``, ``[teacher]``, ``[<framework>]``); configs saved
+before sections existed are read through :func:`~simprune.train.config.upgrade_saved`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from torch import nn
 
 from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
-from simprune.train.config import TrainConfig, make_config
+from simprune.train.config import ReducerConfig, TrainConfig, flatten, make_config, upgrade_saved
 from simprune.train.loop import build_framework
 
 
@@ -65,7 +69,7 @@ def load_saved(path: str | Path) -> SavedRun:
     missing = [k for k in ("config", "framework", "step") if k not in saved]
     if missing:
         raise ValueError(f"{str(p)!r} is not a simprune training checkpoint (no {missing})")
-    return SavedRun(p, saved["config"], saved["framework"], int(saved["step"]),
+    return SavedRun(p, upgrade_saved(saved["config"]), saved["framework"], int(saved["step"]),
                     int(saved.get("total_steps") or 0))
 
 
@@ -91,13 +95,25 @@ def unique_steps(runs: list[SavedRun]) -> tuple[list[SavedRun], list[tuple[Saved
     return list(kept.values()), skipped
 
 
+def base_method(base: dict[str, Any], default: str = ReducerConfig.method) -> str:
+    """The reduction method a recipe or saved config (nested or flat) names, else ``default``."""
+    named = [v for k, v in flatten(base).items() if k in ("method", "reducer.method")]
+    return str(named[-1]) if named else default
+
+
 def config_for(base: dict[str, Any], method: str | None = None,
                overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The config of ``base`` with the method replaced (its reducer options dropped if it changes)."""
-    extra = dict(overrides or {})
-    if method is not None and method != base.get("method", TrainConfig().method):
-        extra.setdefault("method", method)
-        extra.setdefault("reducer_options", {})
+    """The config of ``base`` (a recipe or saved config) and ``overrides``, with the method
+    replaced by ``method`` when given. Switching the method goes through :func:`make_config`: the
+    base's keys that do not apply to the new method are dropped, and its reducer options (which
+    belong to the old method) are reset."""
+    extra = flatten(overrides or {})
+    current = base_method(extra, base_method(base))
+    if method is not None and method != current:
+        extra = {k: v for k, v in extra.items() if k not in ("method", "reducer.method")}
+        extra["reducer.method"] = method
+        if method != "dense" and not {"reducer_options", "reducer.options"} & set(extra):
+            extra["reducer.options"] = {}
     return make_config(base, extra)
 
 
@@ -128,11 +144,12 @@ def framework_from_run(run: SavedRun, method: str | None = None) -> tuple[TrainC
 
 
 def fresh_framework(base: dict[str, Any] | None = None, method: str | None = None,
-                    seed: int = 0) -> tuple[TrainConfig, nn.Module]:
-    """A framework with random weights (seeded), for quick looks without a checkpoint."""
+                    seed: int = 0, overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, nn.Module]:
+    """A framework with random weights (seeded), for quick looks without a checkpoint: the config
+    of a recipe ``base`` and ``overrides`` (see :func:`config_for`)."""
     import torch
 
-    cfg = config_for(base or {}, method)
+    cfg = config_for(base or {}, method, overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fw = build_framework(cfg)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from simprune.data.augment_ops import to_unit_float
 from simprune.drive import PairPoint, PointRecord
 from simprune.train.config import TrainConfig
-from simprune.train.loop import build_augment
+from simprune.train.loop import build_augment, build_framework
 
 BRANCHES = ("student", "teacher", "pair")
 
@@ -94,9 +94,19 @@ class PruningTrace:
         return out
 
 
-def display_augment(cfg: TrainConfig) -> nn.Module:
-    """The run's global-view augmentation with colour operations off and no local views."""
-    return build_augment(dataclasses.replace(cfg, color_ops=False, local_views=0))
+def display_augment(cfg: TrainConfig, framework: nn.Module | None = None) -> nn.Module:
+    """The run's global-view augmentation with colour operations off and no local views.
+
+    ``framework``: the framework ``cfg`` built (its ``build_augment`` makes the augmentation);
+    ``None``: one is built from ``cfg`` (without touching the global RNG).
+    """
+    names = {f.name for f in dataclasses.fields(cfg.fw)} if dataclasses.is_dataclass(cfg.fw) else set()
+    off = {k: v for k, v in (("color_ops", False), ("local_views", 0)) if k in names}
+    shown = dataclasses.replace(cfg, fw=dataclasses.replace(cfg.fw, **off)) if off else cfg
+    if framework is None:
+        with torch.random.fork_rng(devices=[]):
+            framework = build_framework(shown)
+    return build_augment(shown, framework)
 
 
 def unnormalize(x: Tensor, augment: nn.Module) -> Tensor:
@@ -132,11 +142,12 @@ def trace_pruning(framework: nn.Module, augment: nn.Module, image: Tensor, progr
             dual = framework.encode(globals_, None, progress)
     finally:
         framework.train(was_training)
-    keep_rate, position = framework.pruning_at(progress)
+    plan = framework.plan  # the student's reduction plan
+    keep_rate, position = plan.keep_rate(progress), plan.position(progress)
     backbone = framework.student["backbone"]
     patch = backbone.cfg.patch_size
     size = globals_.shape[-1]
-    name = method or framework.prune.method
+    name = method or (plan.reducer.name if plan.reducer is not None else "dense")
     return PruningTrace(
         method=name, image=img, views=unnormalize(globals_, augment), boxes=views.boxes[:2, 0].float(),
         flipped=views.flipped[:2, 0].clone(), grid=(globals_.shape[-2] // patch, size // patch),

@@ -118,7 +118,7 @@ def test_real_augmentation_patch_for_patch(flip_p):
 def test_trace_maps_back_as_the_ids_say(method):
     cfg, fw = fresh_framework(TINY, method)
     image = random_image(2)
-    trace = trace_pruning(fw, display_augment(cfg), image, progress=0.5, seed=3)
+    trace = trace_pruning(fw, display_augment(cfg, fw), image, progress=0.5, seed=3)
     # what is drawn is what the network saw: the plain crop of the image (colour ops off)
     crop = crop_resize(image[None].float() / 255, trace.boxes[:, None], trace.flipped[:, None], SIZE)
     assert torch.allclose(trace.views, crop, atol=1e-5)

@@ -22,7 +22,7 @@ def traces():
     out = []
     for m in METHODS:
         cfg, fw = fresh_framework(TINY, m)
-        out.append(trace_pruning(fw, display_augment(cfg), random_image(0), progress=0.25, seed=1))
+        out.append(trace_pruning(fw, display_augment(cfg, fw), random_image(0), progress=0.25, seed=1))
     return out
 
 
@@ -96,7 +96,7 @@ def test_cli_one_checkpoint_several_methods(tmp_path, image_file, capsys):
 def test_cli_across_training(tmp_path, image_file):
     run = tmp_path / "run"
     for step, seed in ((90, 1), (10, 2), (50, 3)):
-        save_run(run, step=step, total=100, name=f"checkpoint_{step:06d}.pt", seed=seed)
+        save_run(run, step=step, total=100, name=f"checkpoint_{step:06d}.pt", seed=seed, method="simprune")
     runs = load_runs([run])
     assert [r.step for r in runs] == [10, 50, 90]
     assert [round(r.progress, 2) for r in runs] == [0.1, 0.5, 0.9]

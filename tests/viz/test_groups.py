@@ -15,7 +15,7 @@ from simprune.viz.trace import display_augment, trace_pruning
 
 def trace_of(method: str):
     cfg, fw = fresh_framework(TINY, method)
-    return trace_pruning(fw, display_augment(cfg), random_image(5), progress=0.3, seed=2)
+    return trace_pruning(fw, display_augment(cfg, fw), random_image(5), progress=0.3, seed=2)
 
 
 @pytest.mark.parametrize("method", REDUCERS.names())

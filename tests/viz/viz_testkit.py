@@ -10,8 +10,9 @@ from simprune.train.config import make_config
 from simprune.train.loop import build_framework
 
 #: a tiny DINO on 32-px images (48-wide ViT/4, 64 patches, points at blocks 4/7/10)
+#: (flat aliases; only DINO's keys: another framework's section keys are errors)
 TINY = {"model": "vit_nano_patch4_32", "framework": "dino", "out_dim": 64, "head_hidden": 64,
-        "bottleneck": 16, "moco_hidden": 64, "moco_dim": 32, "local_views": 2, "drop_path": 0.0}
+        "bottleneck": 16, "local_views": 2, "drop_path": 0.0}
 
 
 def save_run(folder: Path, step: int, total: int = 100, name: str = "checkpoint.pt", seed: int = 0,
