@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import TrainConfig, load_recipe, make_config, tomllib, valid_keys
+from simprune.train.config import aliases, flatten, load_recipe, make_config, tomllib, valid_keys
 
 STUDY_KEYS = {
     "name": "study name (default: the file's stem)",
@@ -49,6 +49,7 @@ STUDY_KEYS = {
 METHOD_KEYS = ("name", "keep_rates")
 #: set by the study itself for every cell, never by a recipe or --set
 STUDY_OWNED = {"seed": "seeds / --seeds", "out": "out / --out", "keep_rate": "keep_rates",
+               "reducer.keep_rate": "keep_rates",
                "time_limit": "--time-limit"}
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +101,7 @@ def resolve_base(base: str, study_path: Path) -> Path:
 
 
 def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
-    unknown = sorted(set(keys) - set(valid_keys()) - set(extra))
+    unknown = sorted(set(keys) - set(valid_keys()) - set(aliases()) - set(extra))
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: "
                          f"{', '.join([*extra, *valid_keys()])}")
@@ -170,9 +171,16 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
         if "keep_rate" in m_over:  # one fixed rate for this method
             rates = _rates(m_over.pop("keep_rate"), where)
         _check_keys(where, list(m_over), METHOD_KEYS)
-        merged = {**base, **overrides, **m_over}
+        # the base recipe and the study's overrides form the recipe layer; the method row, the
+        # cell and --set override it (keys of a component a method row replaces are dropped)
+        merged = {**flatten(base), **overrides}
         merged.pop("out", None)
-        dense = {**merged, **sets}.get("method", TrainConfig.method) == "dense"
+        try:
+            probe = make_config(merged, {**m_over, **sets})
+        except (ValueError, KeyError) as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise ValueError(f"{where}: {msg}") from err
+        dense = probe.reducer.method == "dense"
         if not dense and not rates:
             raise ValueError(f"{where}: no keep rates; set keep_rates in the study or the method")
         slug = slugify(entry["name"])
@@ -183,10 +191,10 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
         for rate in [None] if dense else rates:
             cell_slug = slug if rate is None else f"{slug}_kr{rate:g}"
             for seed in seeds:
-                cell_over = {"keep_rate": 1.0 if rate is None else rate, "seed": seed,
+                cell_over = {**({} if rate is None else {"keep_rate": rate}), "seed": seed,
                              "out": str(out_dir / cell_slug / f"seed{seed}"), "linear_probe": True}
                 try:
-                    cfg = make_config(merged, {**cell_over, **sets})
+                    cfg = make_config(merged, {**m_over, **cell_over, **sets})
                     check_config(cfg)
                 except (ValueError, KeyError) as err:
                     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

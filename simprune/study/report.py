@@ -79,7 +79,7 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
         lin = [float(m.metrics["linear_top1"]) for m in done if "linear_top1" in m.metrics]
         secs = [float(m.metrics["train_seconds"]) for m in done if "train_seconds" in m.metrics]
         cfg = members[0].cell.config
-        rows.append(Row(method, cfg.method, rate, len(members), len(done), mean_std(knn),
+        rows.append(Row(method, cfg.reducer.method, rate, len(members), len(done), mean_std(knn),
                         mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None))
     dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds), None)
     for r in rows:
@@ -113,7 +113,7 @@ def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
         w.writerow(CELL_COLUMNS)
         for r in results:
             c, m = r.cell, r.metrics
-            w.writerow([c.method, c.config.method, _num(1.0 if c.keep_rate is None else c.keep_rate, 3),
+            w.writerow([c.method, c.config.reducer.method, _num(1.0 if c.keep_rate is None else c.keep_rate, 3),
                         c.seed, r.state, "" if r.step is None else r.step,
                         "" if r.total_steps is None else r.total_steps, _num(m.get("knn_top1")),
                         _num(m.get("knn_top5")), _num(m.get("linear_top1")),
@@ -161,13 +161,14 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               "seeds; no ± with one seed)",
               f"- Recipe: `{study.path}` on base `{study.base_path}` — {base.framework}, {base.model}, "
               f"{base.dataset}, {base.epochs:g} epochs, batch {base.batch_size}, pruning at blocks "
-              f"{tuple(base.reduce_at)}; k-NN k={base.knn_k} on {base.knn_train or 'all'} train / "
+              f"{tuple(base.reducer.reduce_at)}; k-NN k={base.knn_k} on {base.knn_train or 'all'} train / "
               f"{base.knn_test or 'all'} test images, linear probe on the same frozen features",
               f"- Total wall time: {_duration(wall)} over {len(sittings)} sitting(s) (training steps "
               f"alone, summed over cells: {_duration(trained)})",
-              "- Training FLOPs: analytic (`simprune.bench.flops.step_report` on each cell's config: "
-              "student forward + backward, teacher forward, heads, reducer work and matching), "
-              "as % of the same step dense; averaged over training when a keep-rate warm-up is set.",
+              "- Training FLOPs: counted on one real training step of each cell's config "
+              "(`simprune.bench.flops`: student forward + backward, teacher forward, heads, matrix "
+              "work of reducers and matching), as % of the same step dense; averaged over training "
+              "when a keep-rate warm-up is set.",
               "- Training time: mean `train_seconds` of the cell's finished seeds over that of dense, "
               "summed over sittings, on the machine(s) that ran them. Wall time on a shared machine "
               "is noisy: read it as indicative; `simprune bench micro` measures interleaved ratios."]

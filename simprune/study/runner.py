@@ -178,7 +178,7 @@ def dry_run(study: Study, log=None) -> None:
         except ValueError as err:
             where += f" — SETTINGS DIFFER, the study will refuse to run: {err}"
         log(f"cell {i}/{len(study.cells)}: {cell.label} seed {cell.seed}: {r.state}{where}; "
-            f"{cell.config.framework}/{cell.config.method}, {flops_txt}; {cell.folder}")
+            f"{cell.config.framework}/{cell.config.reducer.method}, {flops_txt}; {cell.folder}")
 
 
 def run_study(args: argparse.Namespace) -> int:

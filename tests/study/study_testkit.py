@@ -78,7 +78,7 @@ class FakeTrainer:
         self.cfg, self.step, self.total_steps = cfg, 0, 2
 
     def run(self) -> dict:
-        if self.cfg.method == "simprune":
+        if self.cfg.reducer.method == "simprune":
             self.step = 1
             raise loop.TrainingError("the loss became NaN or inf at step 1; stopped")
         res = {"step": 2, "total_steps": 2, "finished": True, "train_seconds": 2.0, "knn_top1": 30.0,

@@ -20,11 +20,12 @@ def test_grid_dense_once_and_cell_configs(tmp_path):
                       ("simprune-sliding_kr0.7", 1)]
     cell = study.cells[4]
     cfg = cell.config
-    assert (cfg.keep_rate, cfg.seed, cfg.method, cfg.window) == (0.7, 0, "simprune", "sliding")
+    assert (cfg.reducer.keep_rate, cfg.seed, cfg.reducer.method, cfg.reducer.window) == (
+        0.7, 0, "simprune", "sliding")
     assert cfg.linear_probe and cfg.lr == 0.002 and cfg.model == "vit_nano_patch4_32"
-    assert cfg.moco_temperature == 0.2  # from the base recipe
+    assert cfg.fw.temperature == 0.2  # from the base recipe
     assert cell.folder == tmp_path / "runs" / "x" / "simprune-sliding_kr0.7" / "seed0"
-    assert study.cells[0].config.method == "dense" and study.cells[0].keep_rate is None
+    assert study.cells[0].config.reducer.method == "dense" and study.cells[0].keep_rate is None
 
 
 @pytest.mark.parametrize("extra,methods,sets,match", [
@@ -47,7 +48,7 @@ def test_shipped_recipes_load(recipe):
     """Every recipe under studies/ builds its grid; pruned cells cost less than dense."""
     study = load_study(recipe)
     assert study.cells and study.out == Path("runs") / "study" / recipe.stem
-    assert study.cells[0].config.method == "dense" and study.cells[0].keep_rate is None
+    assert study.cells[0].config.reducer.method == "dense" and study.cells[0].keep_rate is None
     assert all(c.config.linear_probe for c in study.cells)
     for cell in study.cells[len(study.seeds):]:
         assert cell.keep_rate in study.keep_rates and 60.0 < flops_percent(cell.config) < 95.0

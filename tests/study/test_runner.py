@@ -120,7 +120,7 @@ def test_parallel_sittings_skip_locked_cells_and_take_over_stale_locks(tmp_path,
     """A cell locked by a live process (another sitting) is skipped and left alone; a lock left by
     a process that is gone is taken over; the lock is released when the cell ends."""
     monkeypatch.setattr(loop, "Trainer", FakeTrainer)
-    methods = METHODS.replace('method = "simprune"', 'method = "random"')
+    methods = METHODS.replace('method = "simprune"\nwindow = "sliding"', 'method = "random"')
     recipe = write_study(tmp_path, methods=methods)
     out = tmp_path / "runs" / "parallel"
     dense, pruned = out / "dense" / "seed0", out / "simprune-sliding_kr0.8" / "seed0"
