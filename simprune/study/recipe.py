@@ -34,7 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import aliases, flatten, load_recipe, make_config, tomllib, valid_keys
+from simprune.train.config import (
+    TrainConfig,
+    aliases,
+    flatten,
+    load_recipe,
+    make_config,
+    tomllib,
+    valid_keys,
+)
 
 STUDY_KEYS = {
     "name": "study name (default: the file's stem)",

@@ -113,7 +113,8 @@ def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
         w.writerow(CELL_COLUMNS)
         for r in results:
             c, m = r.cell, r.metrics
-            w.writerow([c.method, c.config.reducer.method, _num(1.0 if c.keep_rate is None else c.keep_rate, 3),
+            rate = 1.0 if c.keep_rate is None else c.keep_rate
+            w.writerow([c.method, c.config.reducer.method, _num(rate, 3),
                         c.seed, r.state, "" if r.step is None else r.step,
                         "" if r.total_steps is None else r.total_steps, _num(m.get("knn_top1")),
                         _num(m.get("knn_top5")), _num(m.get("linear_top1")),

@@ -101,9 +101,7 @@ def test_incompatible_checkpoint_is_refused(finished_run, data_root):
 def test_checkpoint_from_before_a_new_key_resumes_under_its_default():
     """A key added to simprune after a checkpoint was made counts as its default: the old run
     resumes unchanged, and setting the new key to anything else is refused."""
-    from simprune.train.config import TrainConfig, incompatible
-
-    from simprune.train.config import make_config
+    from simprune.train.config import incompatible, make_config
 
     saved = make_config().to_dict()
     del saved["teacher"]["momentum_end"]
@@ -143,7 +141,8 @@ def test_unknown_method_lists_known(finished_run, data_root):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    cfg = make_config(with_heads(dict(TINY, framework="mocov3")), {"method": "simprune", "data": str(data_root),
+    cfg = make_config(with_heads(dict(TINY, framework="mocov3")), {
+        "method": "simprune", "data": str(data_root),
                              "out": str(tmp_path / "run"), "ckpt_every": 2, "log_every": 1,
                              "eval_at_end": False})
     trainer = Trainer(cfg)
