@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from simprune.data.augment import MultiCropAugment, MultiCropConfig
 from simprune.dist import all_reduce_mean
 from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
-from simprune.frameworks.dual import DualBranch, build_backbone, build_plans
+from simprune.frameworks.dual import DualBranch
+from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.losses.dino import collapse_stats, dino_loss, dino_loss_per_sample, teacher_temp_at
 from simprune.models.heads import DINOHead
 

@@ -10,37 +10,9 @@ from torch import Tensor, nn
 
 from simprune.drive import DualOutput, dual_forward
 from simprune.drive.plan import ReductionPlan
-from simprune.frameworks.base import DENSE, Framework, Progress
-from simprune.models import create_model
+from simprune.frameworks.base import Framework, Progress
 from simprune.models.vit import VisionTransformer
-from simprune.reducers import KeepRateSchedule, create_reducer
 from simprune.teachers import EMATeacher, copy_matching_
-
-
-def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
-    """The ViT a config describes (size, reduction points, initialisation)."""
-    extra = {} if data is None else {"in_chans": data.in_chans}
-    return create_model(cfg.model, reduce_at=tuple(cfg.reducer.reduce_at), drop_path_rate=cfg.drop_path,
-                        img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
-                        freeze_patch_embed=cfg.freeze_patch_embed, **extra)
-
-
-def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - TrainConfig
-    """The student's and the teacher's reduction plans from the ``[reducer]`` section."""
-    rc = cfg.reducer
-    if rc.branches not in ("both", "student"):
-        raise ValueError(f"reducer.branches must be 'both' or 'student', got {rc.branches!r}")
-    if rc.method == DENSE:
-        return ReductionPlan(), ReductionPlan()
-    reducer = create_reducer(rc.method, **rc.options)
-    keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup)
-    student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
-    if reducer.is_pair:
-        if rc.branches != "both":
-            raise ValueError(f"{rc.method!r} is a pair reducer: it reduces both branches together "
-                             "(reducer.branches must be 'both')")
-        return student, student
-    return student, (student if rc.branches == "both" else ReductionPlan())
 
 
 class DualBranch(Framework):

@@ -18,7 +18,8 @@ from torch import nn
 from simprune.data.augment import TwoCropAugment, TwoCropConfig
 from simprune.dist import all_gather_cat, rank
 from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
-from simprune.frameworks.dual import DualBranch, build_backbone, build_plans
+from simprune.frameworks.dual import DualBranch
+from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.losses.info_nce import info_nce, info_nce_per_sample
 from simprune.models.heads import MoCoHeads
 

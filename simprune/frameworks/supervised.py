@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.drive import forward_reduced
 from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Framework, Progress, StepOutput
-from simprune.frameworks.dual import build_backbone, build_plans
+from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.losses.ce import cross_entropy_per_sample, smooth_targets, soft_cross_entropy_per_sample
 from simprune.tokens import TokenState
 

@@ -44,15 +44,21 @@ class ViTConfig:
 
 
 def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
-    """Validate reduction blocks: integers in ``1..depth``, strictly increasing."""
+    """Validate reduction points: integers in ``0..depth``, strictly increasing.
+
+    Point ``b >= 1`` lies inside block ``b`` (after its attention, before its MLP); point 0 lies
+    after the patch embedding, before block 1 (masking, input-level dropping), where no attention
+    has been computed yet.
+    """
     raw = tuple(reduce_at)
     not_int = [b for b in raw if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
     if not_int:
-        raise ValueError(f"reduction blocks must be integers in 1..{depth}, got {not_int}")
+        raise ValueError(f"reduction blocks must be integers in 0..{depth}, got {not_int}")
     pts = tuple(int(b) for b in raw)
-    bad = [b for b in pts if not 1 <= b <= depth]
+    bad = [b for b in pts if not 0 <= b <= depth]
     if bad:
-        raise ValueError(f"reduction blocks {bad} are outside 1..{depth} (blocks are 1-indexed)")
+        raise ValueError(f"reduction blocks {bad} are outside 0..{depth} (blocks are 1-indexed; "
+                         "0 is the point after the patch embedding)")
     if any(a >= b for a, b in zip(pts, pts[1:])):
         raise ValueError(
             f"reduction blocks must be sorted and unique, got {list(pts)}; e.g. {sorted(set(pts))}"
@@ -62,10 +68,11 @@ def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
 
 @dataclass
 class ReductionPoint:
-    """A paused forward at a reduction point (inside ``block``, before its MLP).
+    """A paused forward at a reduction point (inside ``block``, before its MLP; or, for block 0,
+    after the patch embedding, with no attention extras).
 
     Attributes:
-        block: 1-indexed block number.
+        block: 1-indexed block number, or 0 for the point before block 1.
         index: 0-indexed position among the model's reduction points.
         state: the tokens after the block's attention residual.
         extras: attention extras the driver asked for (CLS attention row, q/k).
@@ -156,6 +163,10 @@ class VisionTransformer(nn.Module):
         """
         state = self.embed(images)
         points = {b: i for i, b in enumerate(self.reduce_at)}
+        if 0 in points:
+            reduced = yield ReductionPoint(0, points[0], state, AttentionExtras())
+            if reduced is not None:
+                state = reduced
         for number, block in enumerate(self.blocks, start=1):
             if number in points:
                 state, extras = block.attend(state, need)

@@ -49,7 +49,7 @@ class ReducerConfig:
     Attributes:
         method: ``dense`` or a registered reducer (``simprune``, ``evit``, ``tome``, ...).
         keep_rate: keep rate per reduction point.
-        reduce_at: 1-indexed blocks where tokens are reduced.
+        reduce_at: 1-indexed blocks where tokens are reduced (0: after the patch embedding).
         window: a pair reducer's window schedule (SimPrune: ``sliding``, ``prune_similar``, ...).
         keep_warmup: ``(start, end)`` progress of the keep-rate warm-up (``(0, 0)``: none).
         options: extra options of the reducer (e.g. ``{"metric": "keys"}`` for SimPrune).

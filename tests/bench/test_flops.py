@@ -18,7 +18,7 @@ from simprune.bench.micro import add_micro_args, run_micro
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.drive import forward_reduced
 from simprune.frameworks import DENSE, FRAMEWORKS, Framework, StepOutput
-from simprune.frameworks.dual import build_backbone, build_plans
+from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.reducers import REDUCERS
 from simprune.tokens import num_keep
 from simprune.train.config import make_config

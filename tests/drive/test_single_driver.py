@@ -91,3 +91,27 @@ def test_rates_per_point():
 def test_image_not_divisible_by_patch():
     with pytest.raises(ValueError, match=r"30x30.*patch size 4"):
         forward_reduced(tiny_model(), torch.randn(1, 3, 30, 30), create_reducer("random"), 0.5)
+
+
+@torch.no_grad()
+def test_point_zero_drops_input_tokens_exactly():
+    """A reducer at point 0 runs before block 1: exact counts, CLS first, unique ids."""
+    model = tiny_model(seed=3, reduce_at=(0, 2))
+    torch.manual_seed(0)
+    res = forward_reduced(model, images(3, 4), create_reducer("random"), 0.5)
+    assert [(p.block, p.tokens_in, p.tokens_out) for p in res.points] == [(0, 64, 32), (2, 32, 16)]
+    assert res.state.x.shape == (3, 1 + 16, 32)
+    for row in res.points[0].ids:
+        assert row.unique().numel() == 32
+
+
+def test_point_zero_refuses_reducers_that_read_attention():
+    from simprune.frameworks.parts import build_plans
+    from simprune.train.config import make_config
+
+    for method in ("evit", "tome", "simprune"):
+        cfg = make_config({"method": method, "reduce_at": [0, 4]})
+        with pytest.raises(ValueError, match=r"cannot reduce at point 0.*reducers that can: .*random"):
+            build_plans(cfg)
+    student, _ = build_plans(make_config({"method": "mean_sim", "reduce_at": [0, 4]}))
+    assert student.reducer is not None

@@ -14,7 +14,7 @@ from train_testkit import TINY
 
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.frameworks import FRAMEWORKS, Framework, StepOutput
-from simprune.frameworks.dual import build_backbone
+from simprune.frameworks.parts import build_backbone
 from simprune.train.config import make_config
 from simprune.train.loop import Trainer
 

@@ -234,5 +234,29 @@ def test_set_reduce_at_validates():
     model = tiny_model()
     model.set_reduce_at([1, 4])
     assert model.reduce_at == (1, 4)
-    with pytest.raises(ValueError, match="outside 1..4"):
+    with pytest.raises(ValueError, match="outside 0..4"):
         model.set_reduce_at([5])
+
+
+def test_point_zero_pauses_after_the_patch_embedding():
+    """Point 0 shows the embedded tokens (no attention yet); a state sent back there is what
+    block 1 runs on."""
+    model = tiny_model(reduce_at=(0, 2))
+    x = torch.randn(2, 3, 32, 32)
+    gen = model.stages(x, frozenset({"cls_attn"}))
+    point = gen.send(None)
+    assert (point.block, point.index) == (0, 0)
+    assert torch.equal(point.state.x, model.embed(x).x)
+    assert point.extras.cls_attn is None and point.extras.k is None
+    s = point.state
+    kept = TokenState(torch.cat([s.prefix, s.patches[:, :16]], 1), s.ids[:, :16], s.source, num_prefix=1)
+    point = gen.send(kept)
+    assert (point.block, point.index, point.state.num_patches) == (2, 1, 16)
+    try:
+        gen.send(None)
+    except StopIteration as stop:
+        final = stop.value
+    manual = model.blocks[1](model.blocks[0](kept))
+    for blk in model.blocks[2:]:
+        manual = blk(manual)
+    torch.testing.assert_close(final.x, model.norm(manual.x), rtol=0, atol=0)

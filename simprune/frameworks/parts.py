@@ -1,0 +1,52 @@
+"""Parts every framework builds from its config: the backbone and the per-branch reduction plans."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from simprune.drive.plan import ReductionPlan
+from simprune.frameworks.base import DENSE
+from simprune.models import create_model
+from simprune.models.vit import VisionTransformer
+from simprune.reducers import REDUCERS, KeepRateSchedule, create_reducer
+from simprune.reducers.base import PairReducer, TokenReducer
+
+
+def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
+    """The ViT a config describes (size, reduction points, initialisation)."""
+    extra = {} if data is None else {"in_chans": data.in_chans}
+    return create_model(cfg.model, reduce_at=tuple(cfg.reducer.reduce_at), drop_path_rate=cfg.drop_path,
+                        img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
+                        freeze_patch_embed=cfg.freeze_patch_embed, **extra)
+
+
+def check_point_zero(method: str, reducer: TokenReducer, reduce_at: Sequence[int]) -> None:
+    """Point 0 (after the patch embedding) has no attention yet: refuse reducers that read it."""
+    needs = set(reducer.needs)
+    if isinstance(reducer, PairReducer):
+        needs |= reducer.student_needs | reducer.teacher_needs
+    if 0 in reduce_at and needs:
+        can = sorted(n for n in REDUCERS.names() if not REDUCERS.get(n).needs
+                     and not issubclass(REDUCERS.get(n), PairReducer))
+        raise ValueError(f"reducer {method!r} reads the attention ({', '.join(sorted(needs))}) and cannot "
+                         f"reduce at point 0 (after the patch embedding, before any attention); "
+                         f"reducers that can: {', '.join(can)}")
+
+
+def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - TrainConfig
+    """The student's and the teacher's reduction plans from the ``[reducer]`` section."""
+    rc = cfg.reducer
+    if rc.branches not in ("both", "student"):
+        raise ValueError(f"reducer.branches must be 'both' or 'student', got {rc.branches!r}")
+    if rc.method == DENSE:
+        return ReductionPlan(), ReductionPlan()
+    reducer = create_reducer(rc.method, **rc.options)
+    check_point_zero(rc.method, reducer, rc.reduce_at)
+    keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup)
+    student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
+    if reducer.is_pair:
+        if rc.branches != "both":
+            raise ValueError(f"{rc.method!r} is a pair reducer: it reduces both branches together "
+                             "(reducer.branches must be 'both')")
+        return student, student
+    return student, (student if rc.branches == "both" else ReductionPlan())
