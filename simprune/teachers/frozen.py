@@ -92,3 +92,29 @@ def backbone_state(path: str | Path, branch: str = "",
         load_weights(into, sd, strict=True)  # raises with the differences
         return into.state_dict()
     return sd
+
+
+def check_fits(teacher: VisionTransformer, student: VisionTransformer, image_size: int, *,
+               tokens: bool, projected: bool) -> None:
+    """Refuse a frozen teacher that cannot serve a loss, naming both shapes.
+
+    Args:
+        image_size: the side of the images both branches see.
+        tokens: the loss compares patch tokens position by position, so both patch grids on
+            ``image_size`` must be equal (a CLS-only loss needs no grid).
+        projected: a projection maps the student's width to the teacher's; without one both
+            widths must be equal.
+    Raises:
+        ValueError: naming the teacher's and the student's grid or width.
+    """
+    def grid(net: VisionTransformer) -> str:
+        p = net.cfg.patch_size
+        return f"{image_size // p}x{image_size // p} (patch {p} on {image_size} px)"
+
+    if tokens and teacher.cfg.patch_size != student.cfg.patch_size:
+        raise ValueError(f"a token-level loss compares patch tokens position by position, but the teacher's "
+                         f"patch grid is {grid(teacher)} and the student's {grid(student)}; use a teacher "
+                         "with the student's patch size, or a CLS-only loss")
+    if not projected and teacher.embed_dim != student.embed_dim:
+        raise ValueError(f"the teacher's width is {teacher.embed_dim} and the student's {student.embed_dim}: "
+                         "without a projection head the loss needs equal widths")
