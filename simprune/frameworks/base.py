@@ -27,6 +27,7 @@ from simprune.registry import Registry
 
 if TYPE_CHECKING:
     from simprune.drive.lockstep import PairPoint
+    from simprune.drive.single import PointRecord
     from simprune.models.vit import VisionTransformer
     from simprune.train.config import TrainConfig
 
@@ -74,14 +75,15 @@ class StepOutput:
         loss: the scalar to minimise.
         per_sample: ``[B]`` detached per-sample loss (mean over the sample's terms).
         logs: scalar diagnostics (device tensors or floats; read only every ``log_every`` steps).
-        points: per reduction point, what each branch kept (:class:`~simprune.drive.PairPoint`).
+        points: per reduction point, what was kept: a :class:`~simprune.drive.PairPoint` per point
+            for two-branch frameworks, a :class:`~simprune.drive.PointRecord` for one branch.
         extras: per-sample device tensors a sampler filter may read (e.g. ``correct: [B]`` bool).
     """
 
     loss: Tensor
     per_sample: Tensor | None
     logs: dict[str, Tensor | float]
-    points: list[PairPoint] = field(default_factory=list)
+    points: list[PairPoint | PointRecord] = field(default_factory=list)
     extras: dict[str, Tensor] = field(default_factory=dict)
 
 

@@ -149,7 +149,7 @@ class Supervised(Framework):
                                            "train_top1": correct.float().mean() * 100}
         for i, pt in enumerate(out.points, start=1):
             logs[f"tokens/p{i}"] = float(pt.tokens_out)
-        return StepOutput(loss, per.detach(), logs, [], {"correct": correct})
+        return StepOutput(loss, per.detach(), logs, out.points, {"correct": correct})
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
