@@ -3,21 +3,12 @@ by the runner and report tests; none of them changes its figures)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from study_testkit import DATA, REPO, study_args, write_study
+from study_testkit import study_args, write_study
 
 from simprune.study import run_study
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    if not (DATA / "cifar10-jpg.tar.gz").exists():
-        raise FileNotFoundError(f"CIFAR-10 archive not found in {DATA}; set SIMPRUNE_DATA")
-    os.environ.setdefault("SIMPRUNE_CACHE", str(REPO / ".cache" / "simprune"))
-    return DATA
 
 
 @pytest.fixture(scope="session")

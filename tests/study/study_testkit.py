@@ -6,14 +6,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from pathlib import Path
+
+from repo_paths import DATA, REPO  # noqa: F401 - re-exported to the tests
 
 from simprune.study import add_study_args
 from simprune.train import loop
-
-REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("SIMPRUNE_DATA") or REPO.parent / "shared" / "data")
 
 #: 128 images, batch 16, 0.25 epoch: 2 steps per cell
 TINY = {

@@ -7,8 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("SIMPRUNE_DATA") or REPO.parent / "shared" / "data")
+from repo_paths import DATA, REPO  # noqa: F401 - re-exported to the tests
 
 #: a tiny run: 48-wide 12-block ViT/4, 256 random training images, k-NN on small subsets
 TINY = {
