@@ -11,6 +11,8 @@ is needed to interpret them later:
   content (``-1`` when dropped). ToMe merge groups and EViT fusion are read from here.
 - ``size``: ToMe's per-token size (number of original tokens merged in), ``None`` when all are 1.
 - ``attn_mask``: an optional attention-connection mask (Tri-Level E-ViT), ``True`` = may attend.
+- ``attn_keys``: the same connections in gathered form (Tri-Level E-ViT's sparse option): for each
+  patch query the positions of the keys it may attend to; prefix queries attend to every key.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class TokenState:
         size: ``[B, P + N]`` token sizes (float) or ``None`` for all ones.
         attn_mask: ``[B, P + N, P + N]`` bool connection mask or ``None`` for full attention.
         num_prefix: ``P``, the number of prefix tokens (1 for CLS).
+        attn_keys: ``[B, N, k]`` int64 positions (in the whole sequence) of the keys each patch
+            query may attend to, prefix queries dense; ``None``: no gathered connections. Set only
+            by the reducer that recomputes it at every point (``attn_topk``), so a reduction that
+            reorders tokens drops it (:func:`gather_patches`, :func:`append_patch`).
     """
 
     x: Tensor
@@ -41,6 +47,7 @@ class TokenState:
     size: Tensor | None = None
     attn_mask: Tensor | None = None
     num_prefix: int = 1
+    attn_keys: Tensor | None = None
 
     @property
     def num_patches(self) -> int:

@@ -66,7 +66,7 @@ def test_every_reducer_builds_and_declares_itself(name):
 
 
 @pytest.mark.parametrize(("name", "options", "expected"), [
-    ("attn_topk", {"attn_keep": 0.5}, "AttnTopKReducer(attn_keep=0.5)"),
+    ("attn_topk", {"attn_keep": 0.5}, "AttnTopKReducer(attn_keep=0.5, attn_form='masked')"),
     ("simprune", {"metric": "keys"}, "SimPruneReducer(metric='keys')"),
     ("tome", {}, "ToMeReducer()"),
 ])

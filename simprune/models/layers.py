@@ -61,6 +61,33 @@ def attention_bias(
     return bias
 
 
+def gathered_attention(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, prefix: int) -> Tensor:
+    """Attention in which patch query ``i`` attends only to the keys ``keys[:, i]`` (gathered, so
+    the work is ``O(n·k)`` instead of ``O(n²)``); the ``prefix`` queries attend to every key.
+
+    Equal to dense attention under the mask that allows exactly those keys.
+
+    Args:
+        q, k, v: ``[B, H, n, hd]``; keys: ``[B, n - prefix, k]`` key positions in ``0..n-1``.
+    Returns:
+        ``[B, H, n, hd]``.
+    """
+    b, h, n, hd = q.shape
+    m = keys.shape[-1]
+    head = F.scaled_dot_product_attention(q[:, :, :prefix], k, v)  # dense prefix rows
+    flat = (keys + torch.arange(b, device=keys.device).view(b, 1, 1) * n).reshape(-1)
+
+    def rows(t: Tensor) -> Tensor:  # [B, H, n, hd] -> [B, H, n - prefix, m, hd]
+        picked = t.transpose(1, 2).reshape(b * n, h * hd).index_select(0, flat)
+        return picked.view(b, n - prefix, m, h, hd).permute(0, 3, 1, 2, 4)
+
+    kg, vg = rows(k), rows(v)
+    logits = (q[:, :, prefix:].unsqueeze(-2) @ kg.transpose(-2, -1)).squeeze(-2) / math.sqrt(hd)
+    attn = logits.softmax(dim=-1)  # [B, H, n - prefix, m]
+    rest = (attn.unsqueeze(-2) @ vg).squeeze(-2)
+    return torch.cat([head, rest], dim=2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
 
@@ -79,16 +106,25 @@ class Attention(nn.Module):
         size: Tensor | None = None,
         mask: Tensor | None = None,
         need: frozenset[str] = frozenset(),
+        keys: Tensor | None = None,
     ) -> tuple[Tensor, AttentionExtras]:
         """``x: [B, n, D]`` -> ``([B, n, D], extras)``; ``need`` ⊆ {"cls_attn", "qk"}.
 
-        ``size: [B, n]`` token sizes (proportional attention), ``mask: [B, n, n]`` connections.
+        ``size: [B, n]`` token sizes (proportional attention), ``mask: [B, n, n]`` connections,
+        ``keys: [B, n - 1, k]`` the same kind of connections in gathered form (CLS query dense;
+        :func:`gathered_attention`), not combined with ``size`` or ``mask``.
         """
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, n, hd]
         bias = attention_bias(size, mask, q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if keys is not None:
+            if bias is not None:
+                raise ValueError("gathered attention connections (keys) cannot be combined with token "
+                                 "sizes or a connection mask")
+            out = gathered_attention(q, k, v, keys, n - keys.shape[1])
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         out = self.proj(out.transpose(1, 2).reshape(b, n, d))
         extras = AttentionExtras()
         if "cls_attn" in need:
@@ -137,7 +173,8 @@ class Block(nn.Module):
         self, state: TokenState, need: frozenset[str] = frozenset()
     ) -> tuple[TokenState, AttentionExtras]:
         """Attention half with its residual."""
-        out, extras = self.attn(self.norm1(state.x), state.size, state.attn_mask, need)
+        out, extras = self.attn(self.norm1(state.x), state.size, state.attn_mask, need,
+                                state.attn_keys)
         return state.with_x(state.x + drop_path(out, self.drop_path, self.training)), extras
 
     def feed_forward(self, state: TokenState) -> TokenState:

@@ -1,15 +1,27 @@
 """``attn_topk``: Tri-Level E-ViT's token & attention-connection selector (TA-selector).
 
 Token level: keep the K patches with the highest CLS attention (no fusion). Attention level
-(optional, ``attn_keep`` = R_A < 1): among the kept tokens, each patch token may attend only to the
-``ceil(R_A · (P + K))`` keys it attends to most at this block (head-averaged attention restricted to
-the kept tokens); the CLS row stays dense. The mask applies in every later block and is
-recomputed at each later point.
+(optional, ``attn_keep`` = R_A < 1): among the kept tokens, each patch query may attend only to
+``ceil(R_A · (P + K))`` keys: the ``P`` prefix keys (CLS, always) and the patch keys it attends to
+most at this block (head-averaged softmax over the kept tokens, ranked among the patch keys). The
+CLS row and column stay dense. The connections apply in every later block and are recomputed at
+each later point, from that block's unmasked ``q·kᵀ`` over the tokens it keeps (the reference ranks
+the masked attention instead, where keys masked before all tie at zero; see docs/method.md).
+
+``attn_form`` says how later blocks apply the connections: ``masked`` (the reference's form: dense
+attention under a ``-inf`` mask, so it saves no compute) or ``sparse`` (each patch query gathers
+its keys: ``O(n·k)`` work, :func:`simprune.models.layers.gathered_attention`). Both compute the
+same attention.
+
+With ``k == N`` (token keep 1, Tri-Level's attention level alone) the tokens stay as they are and
+only the connections are chosen; the one-branch driver skips such a point, the ``trilevel``
+framework's driver does not.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -19,25 +31,51 @@ from simprune.reducers.base import REDUCERS, TokenReducer
 from simprune.reducers.evit import cls_attention, top_positions, topk_keep
 from simprune.tokens import TokenState, check_keep_rate, gather_patches
 
+FORMS = ("masked", "sparse")
 
-def connection_mask(q: Tensor, k: Tensor, seq: Tensor, keys_per_row: int, prefix: int) -> Tensor:
-    """Top-``keys_per_row`` attention connections among the kept tokens.
 
-    Equal attention weights rank lowest key position first, so ties at the cut keep the lowest.
+def keys_per_row(attn_keep: float, tokens: int) -> int:
+    """Keys a patch query keeps among ``tokens`` kept tokens (prefix included): ``ceil(R_A·tokens)``,
+    at least 1. Rounds the decimal product (``0.3 × 10`` is 3, not 4)."""
+    return max(1, math.ceil(round(attn_keep * tokens, 9)))
+
+
+def connection_keys(q: Tensor, k: Tensor, seq: Tensor, keys: int, prefix: int) -> Tensor:
+    """Each patch query's keys among the kept tokens: the prefix, then its ``keys - prefix``
+    strongest patch keys.
+
+    Equal attention weights rank the lowest key position first, so ties at the cut keep the lowest.
 
     Args:
         q, k: ``[B, H, n, hd]`` queries and keys at the point; seq: ``[B, m]`` kept positions in
-            the full sequence (prefix first).
+            the full sequence (prefix first); keys: keys per patch row (``>= prefix``).
     Returns:
-        ``[B, m, m]`` bool mask, ``True`` = may attend; prefix rows are all ``True``.
+        ``[B, m - prefix, keys]`` positions among the ``m`` kept tokens (prefix first, then the
+        patch keys from strongest to weakest).
     """
     idx = seq[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3])
-    qs, ks = q.gather(2, idx).float(), k.gather(2, idx).float()
-    attn = ((qs @ ks.transpose(-2, -1)) / math.sqrt(q.shape[-1])).softmax(-1).mean(1)  # [B,m,m]
-    top = top_positions(attn, keys_per_row)
-    mask = torch.zeros_like(attn, dtype=torch.bool).scatter(-1, top, True)
+    qs, ks = q.gather(2, idx[:, :, prefix:]).float(), k.gather(2, idx).float()
+    attn = ((qs @ ks.transpose(-2, -1)) / math.sqrt(q.shape[-1])).softmax(-1).mean(1)  # [B,m-P,m]
+    b, rows = attn.shape[:2]
+    top = top_positions(attn[..., prefix:], max(0, keys - prefix)) + prefix
+    head = torch.arange(prefix, device=seq.device).expand(b, rows, prefix)
+    return torch.cat([head, top], dim=-1)
+
+
+def keys_to_mask(keys: Tensor, m: int) -> Tensor:
+    """``[B, m - P, k]`` key positions -> ``[B, m, m]`` bool mask (prefix rows all ``True``)."""
+    b, rows, _ = keys.shape
+    prefix = m - rows
+    mask = torch.zeros(b, m, m, dtype=torch.bool, device=keys.device)
     mask[:, :prefix] = True
+    mask[:, prefix:].scatter_(-1, keys, True)
     return mask
+
+
+def connection_mask(q: Tensor, k: Tensor, seq: Tensor, keys: int, prefix: int) -> Tensor:
+    """:func:`connection_keys` as a ``[B, m, m]`` bool mask, ``True`` = may attend; prefix rows
+    and columns are all ``True``, every patch row has exactly ``max(keys, prefix)`` ``True``."""
+    return keys_to_mask(connection_keys(q, k, seq, keys, prefix), seq.shape[1])
 
 
 @REDUCERS.register("attn_topk")
@@ -47,20 +85,37 @@ class AttnTopKReducer(TokenReducer):
     name = "attn_topk"
     needs = frozenset({"cls_attn", "qk"})
 
-    def __init__(self, attn_keep: float = 1.0) -> None:
+    def __init__(self, attn_keep: float = 1.0, attn_form: str = "masked") -> None:
         check_keep_rate(attn_keep, "attn_keep (R_A)")
+        if attn_form not in FORMS:
+            raise ValueError(f"attn_form must be one of {', '.join(FORMS)}, got {attn_form!r}")
         self.attn_keep = attn_keep
+        self.attn_form = attn_form
+
+    def with_attn_keep(self, attn_keep: float) -> AttnTopKReducer:
+        """The same selector at another R_A (the warm-up's value at a step)."""
+        return AttnTopKReducer(attn_keep, self.attn_form)
 
     def __call__(self, point: ReductionPoint, k: int) -> TokenState:
         s = point.state
-        keep = topk_keep(cls_attention(point), k)
-        out = gather_patches(s, keep)
+        p = s.num_prefix
+        if k >= s.num_patches:  # tokens unchanged; connections only
+            keep = torch.arange(s.num_patches, device=s.x.device).expand(s.x.shape[0], -1)
+            out = replace(s, attn_mask=None, attn_keys=None)
+        else:
+            keep = topk_keep(cls_attention(point), k)
+            out = gather_patches(s, keep)
         if self.attn_keep < 1.0:
-            p = s.num_prefix
             seq = torch.cat([torch.arange(p, device=keep.device).expand(keep.shape[0], p),
                              keep + p], dim=1)
             m = seq.shape[1]
-            mask = connection_mask(point.extras.q.detach(), point.extras.k.detach(), seq,
-                                   max(1, math.ceil(self.attn_keep * m)), p)
-            out.attn_mask = mask  # recomputed here, replacing an earlier point's mask
+            keys = connection_keys(point.extras.q.detach(), point.extras.k.detach(), seq,
+                                   keys_per_row(self.attn_keep, m), p)
+            # recomputed here, replacing an earlier point's connections
+            if self.attn_form == "sparse":
+                out = replace(out, attn_mask=None, attn_keys=keys)
+            else:
+                out = replace(out, attn_mask=keys_to_mask(keys, m), attn_keys=None)
+        else:
+            out = replace(out, attn_mask=None, attn_keys=None)
         return out

@@ -71,8 +71,9 @@ def test_random_covers_every_position():
 
 
 def ref_connection_rows(q, k, seq, keys_per_row):
-    """For each query in ``seq`` (kept positions, CLS first): its top keys among ``seq`` by the
-    head-averaged softmax over the kept keys. q, k: [H, n, hd]."""
+    """For each query in ``seq`` (kept positions, CLS first): the CLS key (always) and its top
+    ``keys_per_row - 1`` patch keys among ``seq`` by the head-averaged softmax over the kept keys.
+    q, k: [H, n, hd]."""
     heads, _, hd = q.shape
     rows = []
     for qi in seq:
@@ -83,8 +84,8 @@ def ref_connection_rows(q, k, seq, keys_per_row):
             e = [math.exp(v - m) for v in logits]
             for j in range(len(seq)):
                 avg[j] += e[j] / sum(e) / heads
-        top = sorted(range(len(seq)), key=lambda j: -avg[j])[:keys_per_row]
-        rows.append(sorted(top))
+        top = sorted(range(1, len(seq)), key=lambda j: -avg[j])[:keys_per_row - 1]
+        rows.append(sorted([0, *top]))
     return rows
 
 
@@ -97,12 +98,12 @@ def test_attention_connection_mask_matches_loop(attn_keep, k):
     q = torch.randn(b, heads, 1 + n, hd, generator=g)
     kk = torch.randn(b, heads, 1 + n, hd, generator=g)
     out = create_reducer("attn_topk", attn_keep=attn_keep)(synthetic_point(x, attn, q, kk), k)
-    per_row = math.ceil(attn_keep * (1 + k))
+    per_row = max(1, math.ceil(round(attn_keep * (1 + k), 9)))  # 0.3 * 10 is 3 keys, not 4
     assert out.attn_mask.shape == (b, 1 + k, 1 + k)
     for bi in range(b):
         kept = sorted(sorted(range(n), key=lambda i: -float(attn[bi, 1 + i]))[:k])
         assert out.ids[bi].tolist() == kept
-        assert out.attn_mask[bi, 0].all()  # the CLS row stays dense
+        assert out.attn_mask[bi, 0].all() and out.attn_mask[bi, :, 0].all()  # CLS row and column
         assert out.attn_mask[bi, 1:].sum(1).tolist() == [per_row] * k
         seq = [0] + [1 + i for i in kept]
         expected = ref_connection_rows(q[bi], kk[bi], seq, per_row)
