@@ -49,6 +49,7 @@ from simprune.bench.cost_step import (
     with_method,
 )
 from simprune.bench.flops import parse_option
+from simprune.bench.framework_defaults import bench_defaults, describe
 from simprune.frameworks import DENSE
 from simprune.models.configs import model_config
 from simprune.train.config import TrainConfig, aliases, flatten, load_recipe, make_config
@@ -125,7 +126,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     # the reduction points are kept for the pruned variants (a dense config has no reducer keys)
     reduce_at = [v for k, v in over.items() if _dotted(k) == "reducer.reduce_at"]
     over = {k: v for k, v in over.items() if _dotted(k) != "reducer.reduce_at"}
-    cfg = make_config(base, {**over, "reducer.method": DENSE})
+    defaults = bench_defaults(base, over)  # e.g. distill: a random frozen teacher, no file read
+    cfg = make_config(base, {**over, **defaults, "reducer.method": DENSE})
+    cfg.notes += describe(defaults)
     if args.reduce_at or reduce_at:
         cfg.reducer.reduce_at = [int(b) for b in (args.reduce_at or reduce_at[0])]
     if cfg.precision not in ("fp32", "bf16"):
@@ -170,7 +173,7 @@ def measure(cfg: TrainConfig, methods: Sequence[str], keep_rates: Sequence[float
         "memory_metric": "cuda_peak" if peaks else "saved_for_backward",
         "load_avg": {k: [round(x, 2) for x in v] for k, v in load.items()},
         "dense_phase_share": {p: rows[0][f"{p}_share"] for p in PHASES},
-        "config": cfg.to_dict(), "rows": rows,
+        "config": cfg.to_dict(), "notes": list(cfg.notes), "rows": rows,
     }
 
 
@@ -237,6 +240,7 @@ def format_table(res: dict[str, Any]) -> str:
             f"{r['flops_ratio']:>8.3f}{r['memory_ratio']:>8.3f}"
             f"{_fmt(r['simprune_vs_evit']):>9}   {r['augment_ratio']:>8.3f}{r['forward_ratio']:>8.3f}"
             f"{r['backward_ratio']:>9.3f}{r['update_ratio']:>8.3f}{r['page_faults'] / 1e3:>7.1f}k")
+    lines += [f"note: {n}" for n in res.get("notes", [])]
     lines.append("ratios to dense; time = median step wall time, cpu = median process CPU time; "
                  "FLOPs = counted by FlopCounterMode in one real step (forward + backward); "
                  "SP/EViT = SimPrune's time over EViT's at the same keep rate; augment..update = the "

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
+from simprune.bench.framework_defaults import bench_defaults, describe
 from simprune.frameworks import DENSE, Batch, Framework, Progress
 from simprune.train.config import TrainConfig, load_recipe, make_config
 from simprune.train.loop import build_augment, build_framework, check_config, data_info
@@ -284,7 +285,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         over["global_size"] = img
     if "dataset" not in given:
         over["dataset"] = "imagenet" if img >= 224 else "cifar10"
-    return make_config(base, over)
+    defaults = bench_defaults(base, over)  # e.g. distill: a random frozen teacher, no file read
+    cfg = make_config(base, {**over, **defaults})
+    cfg.notes += describe(defaults)
+    return cfg
 
 
 def format_report(report: Mapping[str, Any]) -> str:

@@ -27,7 +27,10 @@ NANO = "vit_nano_patch4_32"
 N_PATCHES = 64  # 32 px / patch 4
 #: small heads per framework, so every pairing counts in a fraction of a second
 SMALL = {"dino": {"out_dim": 64, "head_hidden": 32, "bottleneck": 16},
-         "mocov3": {"moco_hidden": 32, "moco_dim": 16}}
+         "mocov3": {"moco_hidden": 32, "moco_dim": 16},
+         # a random frozen teacher (the student's architecture): what `bench flops` sets itself
+         # when no teacher path is given (tests/bench/test_distill_cost.py)
+         "distill": {"kd_random_teacher": True}}
 
 
 def config(framework: str, method: str = DENSE, keep_rate: float = 0.7, **extra):
