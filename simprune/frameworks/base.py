@@ -17,7 +17,6 @@ Register a new framework with ``@FRAMEWORKS.register("name")`` on a subclass of
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -140,14 +139,6 @@ class Framework(nn.Module):
                                  f"branches compared in the loss, which framework {cfg.framework!r} "
                                  "does not have; choose a one-branch reducer")
 
-    @classmethod
-    def bench_defaults(cls, given: Collection[str]) -> dict[str, Any]:
-        """Config keys the cost benchmarks (``bench flops``, ``bench cost``) set when the user gave
-        none of the keys that decide them (``given``: the dotted keys given): what a training run
-        reads from disk and a cost count does not need (``distill``: a random frozen teacher).
-        Default: none."""
-        return {}
-
     def build_augment(self, cfg: TrainConfig, data: DataInfo) -> nn.Module:
         """The device augmentation: uint8 ``[B, C, H, W]`` -> :class:`Views`."""
         raise NotImplementedError
@@ -171,6 +162,18 @@ class Framework(nn.Module):
     def after_step(self, progress: Progress) -> dict[str, float]:
         """After the optimiser step (EMA teacher, ...); returns scalars to log."""
         return {}
+
+    def sample_filter(self, indices: Tensor) -> Any:
+        """A :class:`~simprune.train.sampler.SampleFilter` over the training rows ``indices`` that
+        chooses the examples each epoch trains on (Tri-Level E-ViT's example level), or ``None``
+        (the default): every example. The trainer saves its state in the checkpoint."""
+        return None
+
+    @classmethod
+    def epoch_share(cls, cfg: TrainConfig) -> float:
+        """Optimiser steps per epoch relative to training on every example (a sample filter's
+        saving; the whole run's FLOPs and time scale by it). Default 1."""
+        return 1.0
 
     def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
         """The backbone evaluation reads: ``branch`` or the framework's default."""
