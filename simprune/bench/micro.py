@@ -1,12 +1,18 @@
 """Micro-benchmark: time of a pruned training computation over dense, next to its FLOPs ratio.
 
-Two computations, each against its dense counterpart with the same inputs:
+Three computations, each against its dense counterpart with the same inputs:
 
 - ``student``: forward + backward of one branch, ``forward_reduced`` with a one-branch reducer
   (default ``evit_nofuse``: CLS-attention top-K without fusion) over ``batch`` sequences.
 - ``simprune``: the lock-step ``dual_forward`` with SimPrune, student forward + backward and the
   teacher's forward under ``no_grad`` on ``batch / 2`` images × 2 global views, against the dense
   student forward + backward and dense teacher forward.
+- ``infer`` (not run by default): inference, the backbone in eval mode under ``no_grad`` with the
+  one-branch reducer, over ``batch`` images. Reported as well: the throughput ratio (dense time
+  over pruned time, images per second pruned over dense) and the MACs per image of each, counted
+  as ``FlopCounterMode``'s FLOPs / 2 (one multiply-add = 2 FLOPs; matrix products only, as the
+  paper's MACs counters). E.g. the distilled student of ``configs/cifar10_distill_evit.toml``:
+  ``simprune bench micro --variant infer --reducer evit --keep-rate 0.5 --case vit_micro_patch4_32:64``.
 
 Dense and pruned alternate within one process (order flipped every repeat), after warm-up; the
 figure is the median pruned time over the median dense time (METHOD.md, "Cost figures"), printed
@@ -40,7 +46,8 @@ from simprune.models.vit import VisionTransformer
 from simprune.reducers import create_reducer
 
 DEFAULT_CASES = ("vit_micro_patch4_32:64", "deit_small_patch16_224:8")
-VARIANTS = ("student", "simprune")
+VARIANTS = ("student", "simprune", "infer")
+DEFAULT_VARIANTS = ("student", "simprune")
 
 
 @dataclass
@@ -63,6 +70,10 @@ class MicroResult:
     pruned_faults: float
     flops_ratio: float | None
     gap: float | None
+    #: ``infer``: dense time over pruned time, and counted MACs (FLOPs / 2) per image
+    throughput_ratio: float | None = None
+    macs_per_image: float | None = None
+    dense_macs_per_image: float | None = None
 
 
 def keep_heap() -> bool:
@@ -104,6 +115,18 @@ def make_steps(model: VisionTransformer, variant: str, reducer_name: str, keep_r
             return step
 
         return student(None), student(reducer)
+    if variant == "infer":
+        model.eval()
+        images = torch.randn(rows, 3, size, size, generator=gen)
+        reducer = create_reducer(reducer_name)
+
+        def infer(red: object) -> Callable[[], None]:
+            def step() -> None:
+                with torch.no_grad():
+                    forward_reduced(model, images, red, keep_rate)
+            return step
+
+        return infer(None), infer(reducer)
     if variant != "simprune":
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if rows % 2:
@@ -179,13 +202,18 @@ def bench_case(model_name: str, rows: int, variant: str, reducer_name: str, keep
     torch.manual_seed(0)
     model = create_model(model_name).train()
     dense, pruned = make_steps(model, variant, reducer_name, keep_rate, rows)
-    flops = count_flops(pruned) / count_flops(dense) if count else None
+    counted = (count_flops(pruned), count_flops(dense)) if count else None
+    flops = counted[0] / counted[1] if counted else None
     t = time_pair(dense, pruned, warmup, repeats)
     ratio = t.pruned_s / t.dense_s
-    return MicroResult(model_name, variant, reducer_name if variant == "student" else "simprune",
+    infer = variant == "infer"
+    return MicroResult(model_name, variant, "simprune" if variant == "simprune" else reducer_name,
                        keep_rate, rows, torch.get_num_threads(), repeats, t.dense_s, t.pruned_s,
                        ratio, t.paired_ratio, t.pruned_cpu_s / t.dense_cpu_s, t.dense_faults,
-                       t.pruned_faults, flops, None if flops is None else ratio - flops)
+                       t.pruned_faults, flops, None if flops is None else ratio - flops,
+                       throughput_ratio=t.dense_s / t.pruned_s if infer else None,
+                       macs_per_image=counted[0] / 2 / rows if infer and counted else None,
+                       dense_macs_per_image=counted[1] / 2 / rows if infer and counted else None)
 
 
 def profile_case(model_name: str, rows: int, variant: str, reducer_name: str, keep_rate: float,
@@ -217,8 +245,11 @@ def add_micro_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``simprune bench micro``."""
     parser.add_argument("--case", type=parse_case, nargs="+", default=None, metavar="MODEL:ROWS",
                         help=f"models and rows per branch (default: {' '.join(DEFAULT_CASES)})")
-    parser.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(VARIANTS))
-    parser.add_argument("--reducer", default="evit_nofuse", help="one-branch reducer of 'student'")
+    parser.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(DEFAULT_VARIANTS),
+                        help="computations to time (default: student simprune; infer: inference "
+                             "throughput and MACs per image)")
+    parser.add_argument("--reducer", default="evit_nofuse",
+                        help="one-branch reducer of 'student' and 'infer'")
     parser.add_argument("--keep-rate", type=float, default=0.8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -273,7 +304,11 @@ def format_result(r: MicroResult) -> str:
             f"{r.time_ratio:.3f} (paired {r.paired_ratio:.3f}, cpu {r.cpu_time_ratio:.3f}), "
             f"FLOPs ratio {flops} (counted), "
             f"gap {gap}; page faults/step {r.dense_faults:.0f} dense, "
-            f"{r.pruned_faults:.0f} pruned")
+            f"{r.pruned_faults:.0f} pruned"
+            + ("" if r.throughput_ratio is None else f"; throughput ratio {r.throughput_ratio:.3f}")
+            + ("" if r.macs_per_image is None else
+               f"; MACs/image {r.macs_per_image / 1e6:.2f} M pruned, {r.dense_macs_per_image / 1e6:.2f} M "
+               "dense (MACs = counted FLOPs / 2)"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

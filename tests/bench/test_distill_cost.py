@@ -1,6 +1,7 @@
 """Cost of the distillation framework: ``bench flops`` and ``bench cost`` build it without a teacher
 file (a randomly initialised frozen teacher, said on stderr and in the config), or with a real one
-when a path is given."""
+when a path is given; ``bench micro --variant infer`` gives the student's inference MACs per image
+(counted FLOPs / 2) and throughput ratio."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import save_file
 from simprune.bench.cost import main as cost_main
 from simprune.bench.flops import add_flops_args, run_flops
 from simprune.bench.framework_defaults import bench_defaults
+from simprune.bench.micro import add_micro_args, run_micro
 from simprune.models import create_model
 
 NANO = "vit_nano_patch4_32"
@@ -64,3 +66,18 @@ def test_bench_cost_times_the_distillation_step_with_the_teacher(tmp_path, capsy
     assert res["notes"] == ["set for cost counting (no file is read): distill.random_teacher = True"]
     assert 0.0 < res["rows"][1]["flops_ratio"] < 1.0 and res["rows"][1]["time_ratio"] > 0
 
+
+def test_micro_infer_reports_macs_per_image_and_throughput(capsys):
+    parser = argparse.ArgumentParser()
+    add_micro_args(parser)
+    args = parser.parse_args(["--case", f"{NANO}:4", "--variant", "infer", "--reducer", "evit",
+                              "--keep-rate", "0.5", "--warmup", "0", "--repeats", "1", "--trim-heap",
+                              "--json"])
+    assert run_micro(args) == 0
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["variant"] == "infer" and r["reducer"] == "evit"
+    assert r["throughput_ratio"] == r["dense_s"] / r["pruned_s"]
+    assert r["macs_per_image"] / r["dense_macs_per_image"] == r["flops_ratio"]
+    assert 0.45 < r["flops_ratio"] < 0.6  # 64 -> 33 -> 18 -> 10 tokens at blocks 4, 7, 10
+    # a dense 48-wide ViT/4 on 32 px: 12 blocks of 65 tokens, ~26.6 M MACs
+    assert 25e6 < r["dense_macs_per_image"] < 28e6
