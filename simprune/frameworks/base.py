@@ -17,6 +17,7 @@ Register a new framework with ``@FRAMEWORKS.register("name")`` on a subclass of
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -138,6 +139,14 @@ class Framework(nn.Module):
                 raise ValueError(f"method {cfg.reducer.method!r} is a pair reducer: it needs two "
                                  f"branches compared in the loss, which framework {cfg.framework!r} "
                                  "does not have; choose a one-branch reducer")
+
+    @classmethod
+    def bench_defaults(cls, given: Collection[str]) -> dict[str, Any]:
+        """Config keys the cost benchmarks (``bench flops``, ``bench cost``) set when the user gave
+        none of the keys that decide them (``given``: the dotted keys given): what a training run
+        reads from disk and a cost count does not need (``distill``: a random frozen teacher).
+        Default: none."""
+        return {}
 
     def build_augment(self, cfg: TrainConfig, data: DataInfo) -> nn.Module:
         """The device augmentation: uint8 ``[B, C, H, W]`` -> :class:`Views`."""

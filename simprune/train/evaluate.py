@@ -14,13 +14,24 @@ from simprune.eval.linear import linear_probe
 from simprune.models.vit import VisionTransformer
 
 
+def pooled(state: Any, pool: str = "cls") -> torch.Tensor:
+    """``[B, D]`` features of a final state: the CLS token (``cls``) or the mean of the patch tokens
+    (``mean``: MAE and PCAE, whose losses never train the CLS token to summarise the image)."""
+    if pool == "cls":
+        return state.x[:, 0]
+    if pool == "mean":
+        return state.patches.mean(dim=1)
+    raise ValueError(f"unknown feature pooling {pool!r}; valid: cls, mean")
+
+
 def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tensor, size: int,
-                 stats: tuple, device: torch.device, batch_size: int = 256) -> tuple:
+                 stats: tuple, device: torch.device, batch_size: int = 256,
+                 pool: str = "cls") -> tuple:
     """``[n, D]`` final-norm CLS features of ``dataset[indices]`` (unreduced forward)."""
     was_training = backbone.training
     backbone.eval()
     transform = EvalTransform(size, *stats).to(device)
-    feats = extract_features(lambda x: backbone.forward_features(x).x[:, 0],
+    feats = extract_features(lambda x: pooled(backbone.forward_features(x), pool),
                              batches(dataset, batch_size, indices), device, transform)
     backbone.train(was_training)
     return feats
@@ -29,7 +40,7 @@ def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tenso
 def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset_name: str,
              num_classes: int, device: torch.device, n_train: int = 10000, n_test: int = 2000,
              k: int = 20, temperature: float = 0.07, linear: bool = False, seed: int = 0,
-             size: int | None = None) -> dict[str, float]:
+             size: int | None = None, pool: str = "cls") -> dict[str, float]:
     """k-NN top-1/top-5 (and optionally a linear probe) on random train/test subsets.
 
     Subsets are drawn at random (datasets such as the CIFAR archive are sorted by class).
@@ -38,8 +49,8 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
     stats = dataset_stats(dataset_name)
     tr_idx = random_subset(len(train_set), n_train or None, seed)
     te_idx = random_subset(len(test_set), n_test or None, seed + 1)
-    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device)
-    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device)
+    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device, pool=pool)
+    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device, pool=pool)
     acc = knn_accuracy(tr_f, tr_y, te_f, te_y, num_classes, k=k, temperature=temperature)
     out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_train": len(tr_idx),
            "knn_test": len(te_idx)}
@@ -56,9 +67,11 @@ def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: 
     branch = branch or framework.eval_branch
     res = evaluate(framework.eval_backbone(branch), train_set, test_set, cfg.dataset, data.num_classes,
                    device, cfg.knn_train, cfg.knn_test, cfg.knn_k, cfg.knn_temperature,
-                   linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size)
+                   linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size,
+                   pool=getattr(framework, "eval_pool", "cls"))
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
-    res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} CLS, "
+    what = "patch mean" if getattr(framework, "eval_pool", "cls") == "mean" else "CLS"
+    res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} {what}, "
                       f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']})"
                       + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))
     return res
