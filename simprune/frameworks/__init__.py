@@ -16,6 +16,7 @@ from simprune.frameworks.distill import Distill, DistillConfig
 from simprune.frameworks.dual import DualBranch
 from simprune.frameworks.mae import MAE, MAEConfig  # noqa: F401 - registers 'mae'
 from simprune.frameworks.mocov3 import MoCoV3, MoCoV3Config
+from simprune.frameworks.pcae import PCAE, PCAEConfig  # noqa: F401 - registers 'pcae'
 from simprune.frameworks.supervised import Supervised, SupervisedConfig
 from simprune.frameworks.trilevel import Trilevel, TrilevelConfig  # noqa: F401 - registers 'trilevel'
 
