@@ -1,7 +1,8 @@
 """Schedules driven by per-iteration training progress ``t ∈ [0, 1]``.
 
 - :class:`KeepRateSchedule`: EViT's keep-rate warm-up — rate 1 until ``start``, then a cosine from
-  1 down to the target, reached at ``end``, constant after.
+  1 down to the target, reached at ``end``, constant after (``ramp = "linear"``: a straight line
+  instead, PCAE's fine-tuning schedule).
 - Window positions ``p(t)`` for SimPrune (METHOD.md §3): ``sliding`` (``p = t``, the method),
   ``prune_dissimilar`` (``p = 0``), ``prune_similar`` (``p = 1``), ``two_stage`` (0 then 1 at
   ``t = 0.5``) and ``two_stage_reverse`` (1 then 0).
@@ -62,21 +63,31 @@ def window_position(name: str, t: float) -> float:
     return WINDOWS.get(name)(t)
 
 
+#: shapes of the keep-rate warm-up between ``start`` and ``end``
+RAMPS = ("cosine", "linear")
+
+
 @dataclass(frozen=True)
 class KeepRateSchedule:
-    """Keep rate at progress ``t``: 1 before ``start``, cosine to ``target`` at ``end``.
+    """Keep rate at progress ``t``: 1 before ``start``, cosine (or ``ramp = "linear"``: a line) to
+    ``target`` at ``end``.
 
     With ``start == end`` (the default, 0) the target applies from the first step.
     EViT's recipe on 300 epochs starts at epoch 10 and reaches the target at epoch 110:
-    ``KeepRateSchedule(0.7, start=10 / 300, end=110 / 300)``.
+    ``KeepRateSchedule(0.7, start=10 / 300, end=110 / 300)``. PCAE's fine-tuning (METHOD.md): no
+    dropping for the first 10%, a linear ramp over the next 25%:
+    ``KeepRateSchedule(0.6, 0.1, 0.35, "linear")``.
     """
 
     target: float
     start: float = 0.0
     end: float = 0.0
+    ramp: str = "cosine"
 
     def __post_init__(self) -> None:
         check_keep_rate(self.target)
+        if self.ramp not in RAMPS:
+            raise ValueError(f"unknown keep-rate ramp {self.ramp!r}; valid: {', '.join(RAMPS)}")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(
                 f"keep-rate warm-up needs 0 <= start <= end <= 1, got start={self.start}, "
@@ -90,4 +101,6 @@ class KeepRateSchedule:
         if t >= self.end:
             return self.target
         frac = (t - self.start) / (self.end - self.start)
+        if self.ramp == "linear":
+            return 1.0 + (self.target - 1.0) * frac
         return self.target + (1.0 - self.target) * 0.5 * (1.0 + math.cos(math.pi * frac))

@@ -52,6 +52,7 @@ class ReducerConfig:
         reduce_at: 1-indexed blocks where tokens are reduced (0: after the patch embedding).
         window: a pair reducer's window schedule (SimPrune: ``sliding``, ``prune_similar``, ...).
         keep_warmup: ``(start, end)`` progress of the keep-rate warm-up (``(0, 0)``: none).
+        keep_ramp: the warm-up's shape: ``cosine`` (EViT's) or ``linear`` (PCAE's fine-tuning).
         options: extra options of the reducer (e.g. ``{"metric": "keys"}`` for SimPrune).
         branches: ``both`` (a one-branch reducer runs on each branch, as the SimPrune paper applies
             EViT and ToMe to SSL) or ``student`` (the teacher stays dense). A pair reducer always
@@ -63,6 +64,7 @@ class ReducerConfig:
     reduce_at: list[int] = field(default_factory=lambda: [4, 7, 10])
     window: str = "sliding"
     keep_warmup: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    keep_ramp: str = "cosine"
     options: dict[str, Any] = field(default_factory=dict)
     branches: str = "both"
 
