@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -26,13 +27,15 @@ def pooled(state: Any, pool: str = "cls") -> torch.Tensor:
 
 def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tensor, size: int,
                  stats: tuple, device: torch.device, batch_size: int = 256,
-                 pool: str = "cls") -> tuple:
-    """``[n, D]`` final-norm CLS features of ``dataset[indices]`` (unreduced forward)."""
+                 pool: str = "cls",
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple:
+    """``[n, D]`` final-norm CLS features of ``dataset[indices]`` (unreduced forward, or
+    ``features(images)`` when given)."""
     was_training = backbone.training
     backbone.eval()
     transform = EvalTransform(size, *stats).to(device)
-    feats = extract_features(lambda x: pooled(backbone.forward_features(x), pool),
-                             batches(dataset, batch_size, indices), device, transform)
+    fn = features or (lambda x: pooled(backbone.forward_features(x), pool))
+    feats = extract_features(fn, batches(dataset, batch_size, indices), device, transform)
     backbone.train(was_training)
     return feats
 
@@ -40,7 +43,8 @@ def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tenso
 def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset_name: str,
              num_classes: int, device: torch.device, n_train: int = 10000, n_test: int = 2000,
              k: int = 20, temperature: float = 0.07, linear: bool = False, seed: int = 0,
-             size: int | None = None, pool: str = "cls") -> dict[str, float]:
+             size: int | None = None, pool: str = "cls",
+             features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """k-NN top-1/top-5 (and optionally a linear probe) on random train/test subsets.
 
     Subsets are drawn at random (datasets such as the CIFAR archive are sorted by class).
@@ -49,8 +53,10 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
     stats = dataset_stats(dataset_name)
     tr_idx = random_subset(len(train_set), n_train or None, seed)
     te_idx = random_subset(len(test_set), n_test or None, seed + 1)
-    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device, pool=pool)
-    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device, pool=pool)
+    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device, pool=pool,
+                              features=features)
+    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device, pool=pool,
+                              features=features)
     acc = knn_accuracy(tr_f, tr_y, te_f, te_y, num_classes, k=k, temperature=temperature)
     out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_train": len(tr_idx),
            "knn_test": len(te_idx)}
@@ -65,10 +71,13 @@ def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: 
     """SSL evaluation: weighted k-NN (and a linear probe at the end when asked) on the frozen CLS
     features of the framework's evaluation backbone."""
     branch = branch or framework.eval_branch
+    # a framework may read its features through its own forward (distill: the pruned student)
+    features_of = getattr(framework, "eval_features", None)
+    features = features_of(branch) if features_of is not None else None
     res = evaluate(framework.eval_backbone(branch), train_set, test_set, cfg.dataset, data.num_classes,
                    device, cfg.knn_train, cfg.knn_test, cfg.knn_k, cfg.knn_temperature,
                    linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size,
-                   pool=getattr(framework, "eval_pool", "cls"))
+                   pool=getattr(framework, "eval_pool", "cls"), features=features)
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     what = "patch mean" if getattr(framework, "eval_pool", "cls") == "mean" else "CLS"
     res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} {what}, "

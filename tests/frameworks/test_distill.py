@@ -242,3 +242,24 @@ def test_a_tiny_run_trains_resumes_evaluates_and_finetunes(teacher_file, data_ro
     cfg_ft = json.loads((ft / "config.json").read_text())
     assert cfg_ft["framework"] == "supervised" and cfg_ft["supervised"]["init_from"] == str(run)
     assert cfg_ft["model"] == "vit_nano_patch4_32"
+
+
+def test_knn_and_the_linear_probe_read_the_pruned_student(teacher_file, data_root, monkeypatch):
+    from simprune.data import load_dataset
+    from simprune.train.evaluate import knn_protocol
+    from simprune.train.loop import data_info
+
+    cfg = distill_config(teacher_file, method="evit", keep_rate=0.5, knn_train=64, knn_test=32,
+                         linear_probe=True, progress_bar=False)
+    fw = build_framework(cfg)
+    reduced, seen = fw.eval_features(), []
+
+    def spy(images):  # noqa: ANN001, ANN202
+        seen.append(images.shape[0])
+        return reduced(images)
+
+    monkeypatch.setattr(fw, "eval_features", lambda branch=None: spy if branch == "student" else None)
+    train_set = load_dataset("cifar10", data_root, "train")
+    test_set = load_dataset("cifar10", data_root, "test")
+    res = knn_protocol(fw, train_set, test_set, cfg, data_info(cfg, train_set), torch.device("cpu"))
+    assert sum(seen) == 64 + 32 and 0 <= res["knn_top1"] <= 100 and "linear_top1" in res
