@@ -14,16 +14,23 @@ __all__ = [
     "DataNotFoundError",
     "WrongArchiveError",
     "CorruptImageError",
+    "DataWarning",
     "ArrayDataset",
     "resolve_data_root",
     "default_cache_dir",
+    "cache_limit_mb",
     "sha256_file",
     "DATA_ENV",
     "CACHE_ENV",
+    "CACHE_MB_ENV",
+    "DEFAULT_CACHE_MB",
 ]
 
 DATA_ENV = "SIMPRUNE_DATA"
 CACHE_ENV = "SIMPRUNE_CACHE"
+#: the largest image folder split (decoded, in MB) that is cached; 0 turns folder caching off
+CACHE_MB_ENV = "SIMPRUNE_CACHE_MB"
+DEFAULT_CACHE_MB = 2048
 
 _HOW_TO = (
     f"pass --data DIR or set {DATA_ENV}=DIR; for CIFAR-10 the folder must contain "
@@ -40,7 +47,11 @@ class WrongArchiveError(ValueError):
 
 
 class CorruptImageError(ValueError):
-    """An image cannot be decoded; the message names the file (or archive member)."""
+    """An image cannot be decoded; the message names the file (or archive member) and the fix."""
+
+
+class DataWarning(UserWarning):
+    """Data that loads but may not be what the user meant (e.g. empty class folders)."""
 
 
 def resolve_data_root(path: str | os.PathLike[str] | None) -> Path:
@@ -66,6 +77,29 @@ def default_cache_dir() -> Path:
     """``$SIMPRUNE_CACHE`` if set, else ``~/.cache/simprune``."""
     env = os.environ.get(CACHE_ENV, "")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "simprune"
+
+
+def cache_limit_mb(value: int | str | None = None) -> int:
+    """The size limit of image folder caches in MB: ``value`` if given, else ``$SIMPRUNE_CACHE_MB``,
+    else :data:`DEFAULT_CACHE_MB`. 0 turns the cache off.
+
+    Raises:
+        ValueError: not a whole number >= 0 (names the value and where it came from).
+    """
+    origin = "cache_mb"
+    if value is None:
+        value = os.environ.get(CACHE_MB_ENV, "")
+        origin = f"${CACHE_MB_ENV}"
+        if value == "":
+            return DEFAULT_CACHE_MB
+    try:
+        mb = int(value)
+    except (TypeError, ValueError):
+        mb = -1
+    if isinstance(value, bool) or mb < 0:
+        raise ValueError(f"{origin} must be a whole number of MB >= 0 (0: no image folder cache), "
+                         f"got {value!r}")
+    return mb
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

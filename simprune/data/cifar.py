@@ -80,6 +80,8 @@ CIFAR10_CLASSES = [
     "truck",
 ]
 _SPLITS = ("train", "test")
+_FIX = ("The archive is damaged or not CIFAR-10's JPEG archive: copy cifar10-jpg.tar.gz again from "
+        "shared/data (sha256 in its README)")
 _CACHE_VERSION = 1
 
 
@@ -140,10 +142,11 @@ def _decode(data: bytes, archive: str | os.PathLike[str], member: str, size: int
             img.load()
             arr = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-        raise CorruptImageError(f"{archive}: member {member!r} is not a decodable image: {e}") from e
+        raise CorruptImageError(f"{archive}: member {member!r} is not a decodable image: {e}. {_FIX}") from e
     if arr.shape != (size, size, 3):
         raise CorruptImageError(
-            f"{archive}: member {member!r} is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}"
+            f"{archive}: member {member!r} is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}. "
+            f"{_FIX}"
         )
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

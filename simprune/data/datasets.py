@@ -10,8 +10,9 @@ name               files in ``root``                                 items
                    .gz`` (fine labels)                               ``[N, 3, 32, 32]``
 ``fashion_mnist``  IDX files (``train-images-idx3-ubyte.gz`` ...),   ``ArrayDataset`` uint8
                    else ``/usr/share/datasets/fashion-mnist/``       ``[N, 1, 28, 28]``
-``imagefolder``    ``<split>/<class>/<image>``                       ``ImageFolderDataset``
-                                                                     (lazy) uint8 ``[3, S, S]``
+``imagefolder``    ``<split>/<class>/<image>`` (classes of           ``ImageFolderDataset``
+                   ``train/``; decoded at ``load_size``, cached      uint8 ``[3, S, S]``
+                   when small)
 =================  ===============================================  ==========================
 
 The data folder comes from ``--data`` or ``$SIMPRUNE_DATA`` (:func:`resolve_data_root`); caches
@@ -40,6 +41,7 @@ __all__ = [
     "DatasetSpec",
     "DATASETS",
     "load_dataset",
+    "dataset_key",
     "dataset_names",
     "dataset_stats",
     "resolve_data_root",
@@ -69,8 +71,11 @@ DATASETS.register("fashion_mnist")(
     DatasetSpec(load_fashion_mnist, ("train", "test"), 10, "Fashion-MNIST, 28x28 grey, 60k/10k")
 )
 DATASETS.register("imagefolder")(
-    DatasetSpec(load_imagefolder, None, None, "root/<split>/<class>/<image>, lazy, resized")
+    DatasetSpec(load_imagefolder, None, None, "root/<split>/<class>/<image>, resized, cached when small")
 )
+
+#: options of the ``imagefolder`` loader (:func:`simprune.data.folder.load_imagefolder`)
+FOLDER_OPTIONS = ("load_size", "cache_mb", "progress", "workers")
 
 _ALIASES = {
     "cifar-10": "cifar10",
@@ -79,6 +84,11 @@ _ALIASES = {
     "fashionmnist": "fashion_mnist",
     "image_folder": "imagefolder",
 }
+
+
+def dataset_key(name: str) -> str:
+    """The registered name of ``name`` (aliases such as ``cifar-10``, ``image_folder`` resolved)."""
+    return _ALIASES.get(name.lower(), name.lower())
 
 
 def dataset_names() -> list[str]:
@@ -100,9 +110,12 @@ def load_dataset(
             ``imagefolder``).
         root: data folder (see :func:`resolve_data_root`).
         split: ``train`` or ``test`` (``imagefolder``: any sub-folder of ``root``).
-        cache_dir: where decoded arrays are cached (``cifar10`` JPEG archive only); default
-            ``$SIMPRUNE_CACHE`` or ``~/.cache/simprune``.
-        options: loader options, e.g. ``load_size=256`` for ``imagefolder``.
+        cache_dir: where decoded arrays are cached (the ``cifar10`` JPEG archive, and
+            ``imagefolder`` splits that fit ``cache_mb``); default ``$SIMPRUNE_CACHE`` or
+            ``~/.cache/simprune``.
+        options: ``imagefolder`` only: ``load_size`` (decode size, default 256), ``cache_mb``
+            (cache limit, default ``$SIMPRUNE_CACHE_MB`` or 2048; 0: off), ``progress`` (a bar
+            while the cache is built), ``workers`` (decoding threads when not cached).
 
     Returns:
         An :class:`ArrayDataset` (uint8 ``[N, C, H, W]`` in memory) or, for ``imagefolder``, an
@@ -113,14 +126,14 @@ def load_dataset(
         ValueError: unknown split (lists the valid ones) or unknown option.
         DataNotFoundError: the files are not in ``root``.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = dataset_key(name)
     spec = DATASETS.get(key)
     if spec.splits is not None and split not in spec.splits:
         raise ValueError(f"unknown split {split!r} for {key}; valid: {', '.join(spec.splits)}")
     if options and key != "imagefolder":
         raise ValueError(f"{key} takes no options, got {sorted(options)}")
-    unknown = set(options) - {"load_size"}
+    unknown = set(options) - set(FOLDER_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for {key}; valid: load_size")
+        raise ValueError(f"unknown option(s) {sorted(unknown)} for {key}; valid: {', '.join(FOLDER_OPTIONS)}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return spec.loader(Path(root), split, cache, **options)

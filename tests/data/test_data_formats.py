@@ -259,7 +259,7 @@ def test_imagefolder_resize_and_center_crop(tmp_path: Path) -> None:
     _png(tmp_path / "train" / "cat" / "b.png", np.full((30, 30), 77, np.uint8))  # greyscale
     _png(tmp_path / "train" / "cat" / "c.PNG", np.full((16, 16, 3), 9, np.uint8))
     (tmp_path / "train" / "cat" / "notes.txt").write_text("ignored")
-    ds = load_dataset("imagefolder", tmp_path, "train", load_size=16)
+    ds = load_dataset("imagefolder", tmp_path, "train", load_size=16, cache_mb=0)
     assert isinstance(ds, ImageFolderDataset) and len(ds) == 3
     assert ds.classes == ["cat", "dog"] and ds.labels.tolist() == [0, 0, 1]
     grey, label = ds[0]
@@ -282,9 +282,11 @@ def test_imagefolder_errors(tmp_path: Path) -> None:
         load_dataset("imagefolder", tmp_path, "empty")
     bad = tmp_path / "train" / "cat" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
-    ds = load_dataset("imagefolder", tmp_path, "train", load_size=8)
+    ds = load_dataset("imagefolder", tmp_path, "train", load_size=8, cache_mb=0)  # lazy
     with pytest.raises(CorruptImageError, match="broken.jpg"):
         ds[0]
+    with pytest.raises(CorruptImageError, match="broken.jpg"):  # cached: found when decoding once
+        load_dataset("imagefolder", tmp_path, "train", tmp_path / "cache", load_size=8)
 
 
 # ------------------------------------------------------------------ registry & ArrayDataset
