@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from typing import Any
 
 from simprune.interrupt import exit_code, sigterm_interrupts
@@ -50,14 +51,17 @@ def _config_flags() -> list[tuple[str, list[str], object]]:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from simprune.train.config import KEY_HELP
+
     p.add_argument("--config", help="TOML recipe (see configs/); flags below override its keys")
     for dotted, flags, default in _config_flags():
         kind = type(default).__name__
         section = dotted.rpartition(".")[0]
         where = f"[{section}] " if section else ""
+        what = f"{KEY_HELP[dotted]} " if dotted in KEY_HELP else ""
         p.add_argument(*flags, dest=dotted, default=None, metavar=kind.upper(),
                        nargs="+" if isinstance(default, list) else None,
-                       help=f"{where}(default {default!r})")
+                       help=f"{where}{what}(default {default!r})")
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +120,8 @@ def run_finetune(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no checkpoint at {str(ckpt)!r}; pass a run folder, "
                                     "checkpoint.pt or .safetensors file")
         run_cfg = load_checkpoint(ckpt).get("config", {})
-        for key in ("model", "global_size", "dataset", "pos_embed", "data", "test_split"):
+        for key in ("model", "patch_size", "embed_dim", "depth", "num_heads", "global_size",
+                    "load_size", "dataset", "pos_embed", "data", "test_split"):
             if key in run_cfg:
                 base[key] = run_cfg[key]
     elif not ckpt.is_file():
@@ -168,9 +173,9 @@ def _load_run(ckpt: str):
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from simprune.data import load_dataset, resolve_data_root
+    from simprune.data import resolve_data_root
     from simprune.train.evaluate import EVAL_PROTOCOLS
-    from simprune.train.loop import data_info
+    from simprune.train.loop import data_info, load_split
 
     cfg, fw, saved = _load_run(args.ckpt)
     for key in ("knn_train", "knn_test"):
@@ -178,8 +183,8 @@ def run_eval(args: argparse.Namespace) -> int:
             setattr(cfg, key, getattr(args, key))
     cfg.linear_probe = bool(args.linear)
     root = resolve_data_root(args.data or cfg.data or None)
-    train_set = load_dataset(cfg.dataset, root, "train")
-    test_set = load_dataset(cfg.dataset, root, cfg.test_split)
+    train_set = load_split(cfg, root, "train")
+    test_set = load_split(cfg, root, cfg.test_split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res = EVAL_PROTOCOLS[fw.eval_protocol](fw.to(device), train_set, test_set, cfg,
                                            data_info(cfg, train_set), device, final=True,
@@ -245,12 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Warnings (an empty class folder, k larger than the bank, ...) as ``simprune: warning: ...``."""
+    print(f"simprune: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simprune.train.loop import TrainingError
 
     try:
-        with sigterm_interrupts():
+        with sigterm_interrupts(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each, restored on the way out
             return _dispatch(args)
     except (*USER_ERRORS, TrainingError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -32,7 +32,7 @@ CPU and CUDA shuffle differently); the global RNG is untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -124,6 +124,7 @@ def train_linear(
     weight_decay: float = 0.0,
     batch_size: int = 256,
     seed: int = 0,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fit ``logits = feats @ weight.T + bias`` by mini-batch AdamW on softmax cross-entropy.
 
@@ -134,7 +135,7 @@ def train_linear(
         feats: ``[N, D]`` float32 features (already standardised).
         labels: ``[N]`` int64 labels in ``[0, num_classes)`` on the same device.
         num_classes: ``C``.
-        epochs, lr, weight_decay, batch_size, seed: as for :func:`linear_probe`.
+        epochs, lr, weight_decay, batch_size, seed, progress: as for :func:`linear_probe`.
 
     Returns:
         ``weight`` ``[C, D]`` and ``bias`` ``[C]`` (float32, on ``feats``' device).
@@ -156,8 +157,14 @@ def train_linear(
 
     total_steps = epochs * math.ceil(n / batch_size)
     step = 0
+    epoch_iter: Iterable[int] = range(epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="linear probe", unit="epoch", dynamic_ncols=True,
+                          mininterval=1.0, leave=False)
     with _cpu_threads(device, min(batch_size, n) * (dim + 1) * num_classes):
-        for _ in range(epochs):
+        for _ in epoch_iter:
             perm = torch.randperm(n, generator=shuffle_gen, device=device)
             xs, ys = x_aug[perm], onehot[perm]  # one gather per epoch, then views
             for start in range(0, n, batch_size):
@@ -182,6 +189,7 @@ def linear_probe(
     weight_decay: float = 0.0,
     batch_size: int = 256,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Train a linear classifier on frozen features and report its accuracy.
 
@@ -199,6 +207,7 @@ def linear_probe(
         weight_decay: decoupled AdamW weight decay on the weight matrix (not the bias), ``>= 0``.
         batch_size: training mini-batch size, ``>= 1`` (the last batch of an epoch may be smaller).
         seed: seeds the weight init and the per-epoch shuffles.
+        progress: show a tqdm bar over the epochs.
 
     Returns:
         ``{"top1", "top5", "train_top1": percent, "train_loss": mean cross-entropy of the final
@@ -230,6 +239,7 @@ def linear_probe(
         weight, bias = train_linear(
             x_train, y_train, num_classes,
             epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+            progress=progress,
         )
         train_logits = F.linear(x_train, weight, bias)  # [N, C]
         train_loss = F.cross_entropy(train_logits, y_train)

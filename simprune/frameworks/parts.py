@@ -13,11 +13,13 @@ from simprune.reducers.base import PairReducer, TokenReducer
 
 
 def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
-    """The ViT a config describes (size, reduction points, initialisation)."""
+    """The ViT a config describes (named model and size overrides, reduction points, init)."""
+    from simprune.train.config import backbone_reduce_at, model_overrides
+
     extra = {} if data is None else {"in_chans": data.in_chans}
-    return create_model(cfg.model, reduce_at=tuple(cfg.reducer.reduce_at), drop_path_rate=cfg.drop_path,
-                        img_size=cfg.global_size, init=cfg.init, pos_embed=cfg.pos_embed,
-                        freeze_patch_embed=cfg.freeze_patch_embed, **extra)
+    return create_model(cfg.model, reduce_at=backbone_reduce_at(cfg), drop_path_rate=cfg.drop_path,
+                        init=cfg.init, pos_embed=cfg.pos_embed,
+                        freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)
 
 
 def check_point_zero(method: str, reducer: TokenReducer, reduce_at: Sequence[int]) -> None:

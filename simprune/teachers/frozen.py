@@ -57,6 +57,9 @@ def load_frozen_teacher(path: str | Path, model: str = "", branch: str = "",
         for key in ("init", "pos_embed"):
             if key in cfg:
                 overrides[key] = cfg[key]
+        for key in ("patch_size", "embed_dim", "depth", "num_heads"):  # the run's size overrides
+            if cfg.get(key):
+                overrides[key] = cfg[key]
         net = create_model(arch, **overrides)
         prefix = f"{branch}.backbone."
         sd = {k[len(prefix):]: v for k, v in saved["framework"].items() if k.startswith(prefix)}

@@ -23,6 +23,14 @@ by itself (``keep_rate``, ``window``, ``student_temp``; MoCo v3's keys keep thei
 When an override switches the framework or the reduction method, the recipe's keys for the
 component it replaced are dropped, and :attr:`TrainConfig.notes` says which.
 
+The model: ``model`` names a preset (:mod:`simprune.models.configs`); ``patch_size``,
+``embed_dim``, ``depth`` and ``num_heads`` override its sizes (0 keeps the preset's), and the image
+size is ``global_size`` (the training crop, the model's input and the evaluation size), so
+``model = "vit_micro_patch4_32"``, ``global_size = 64``, ``patch_size = 8`` is a 64-token ViT for
+64-px images. Run length: a recipe gives one of ``epochs``, ``steps`` and ``images_seen`` (two in
+one recipe, or both on the command line, are an error); one given on the command line replaces the
+recipe's, with a note. The checkpoint records only the one in use.
+
 Why ``[mocov3]`` and not ``[framework.mocov3]``: TOML cannot have ``framework = "mocov3"`` and a
 ``[framework.mocov3]`` table in one file.
 """
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,7 +108,11 @@ class TrainConfig:
 
     # what to train
     framework: str = "mocov3"  # a registered framework: dino | mocov3 | supervised
-    model: str = "vit_micro_patch4_32"
+    model: str = "vit_micro_patch4_32"  # a named model: the preset of the four sizes below
+    patch_size: int = 0  # 0: the model's. The image size is global_size: global_size/patch_size
+    embed_dim: int = 0  # width; 0: the model's
+    depth: int = 0  # blocks; 0: the model's
+    num_heads: int = 0  # attention heads (must divide embed_dim); 0: the model's
     init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
     pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
     freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
@@ -108,11 +121,14 @@ class TrainConfig:
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
     test_split: str = "test"  # split used for evaluation ("val" for ImageNet folders)
     train_subset: int = 0  # 0: all; else a random subset of this size
-    global_size: int = 32
+    global_size: int = 32  # the image size (px): training crops, the model's input, evaluation
+    load_size: int = 0  # imagefolder decode size (px); 0: ceil(global_size * 256 / 224)
     global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
-    # optimisation
-    epochs: float = 1.0
-    max_steps: int = 0  # 0: epochs decide; else stop after this many steps (schedules still by epochs)
+    # optimisation; the run length is one of epochs, steps and images_seen
+    epochs: float = 1.0  # passes over the (subset of the) training set
+    steps: int = 0  # optimiser steps; 0: not given
+    images_seen: int = 0  # training images (steps = ceil(images_seen / batch_size)); 0: not given
+    max_steps: int = 0  # 0: the run length decides; else stop early at this step (schedules unchanged)
     time_limit: float = 0.0  # minutes per sitting; 0: none. Stops with a checkpoint; schedules unchanged
     batch_size: int = 64  # global batch, split over processes
     lr: float = 1e-3  # at batch 256: lr · batch/256 is applied (DINO's scaling rule) when lr_scale
@@ -155,6 +171,10 @@ class TrainConfig:
         out = {f.name: dataclasses.asdict(getattr(self, f.name)) if f.name in ("reducer", "teacher")
                else getattr(self, f.name) for f in fields(self) if f.name not in ("fw", "notes")}
         out = json.loads(json.dumps(out))  # deep copy, lists not tuples
+        active = run_length_key(self)
+        for key in RUN_LENGTH:  # only the run length in use, as a recipe gives it
+            if key != active:
+                del out[key]
         out[self.framework] = dataclasses.asdict(self.fw) if self.fw is not None else {}
         for section in ("reducer", "teacher"):  # only the keys that apply
             out[section] = {k: v for k, v in out[section].items() if not _not_applicable(
@@ -168,6 +188,135 @@ class TrainConfig:
             return getattr(self, key)
         obj = self.fw if section == self.framework else getattr(self, section)
         return getattr(obj, leaf)
+
+
+#: ``--help`` texts of base keys (the others show their default only)
+KEY_HELP = {
+    "model": "a named model (simprune.models.MODELS), the preset of patch_size, embed_dim, depth "
+             "and num_heads",
+    "patch_size": "patch side in px (0: the model's); the model sees (global_size/patch_size)^2 "
+                  "patch tokens",
+    "embed_dim": "model width (0: the model's)",
+    "depth": "transformer blocks (0: the model's)",
+    "num_heads": "attention heads, must divide embed_dim (0: the model's)",
+    "dataset": "cifar10 | cifar100 | fashion_mnist | imagefolder",
+    "data": "data folder (empty: $SIMPRUNE_DATA)",
+    "test_split": "split evaluated on (imagefolder: any sub-folder of the data folder, e.g. val)",
+    "train_subset": "train on a random subset of this many images (0: all; at most the split's size)",
+    "global_size": "image size in px: the training crops, the model's input and evaluation",
+    "load_size": "imagefolder: decode images at this size in px (shorter side, centre crop; 0: "
+                 "ceil(global_size*256/224))",
+    "epochs": "run length in passes over the training set (give one of epochs, steps, images_seen)",
+    "steps": "run length in optimiser steps (instead of epochs; 0: not given)",
+    "images_seen": "run length in training images, ceil(images_seen/batch_size) steps (instead of "
+                   "epochs; 0: not given)",
+    "max_steps": "stop early at this step; schedules keep the full run length (0: none)",
+    "num_workers": "threads that decode image folder batches that are not cached",
+    "progress_bar": "tqdm bars for training, evaluation and dataset caching (false: log lines only)",
+}
+
+#: the keys that give a run's length; a recipe (and the command line) gives at most one
+RUN_LENGTH = ("epochs", "steps", "images_seen")
+#: base keys that override the named model's sizes (0: the model's)
+MODEL_SIZE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads")
+
+
+def run_length_key(cfg: TrainConfig) -> str:
+    """The run-length key in use: ``steps`` or ``images_seen`` when set (non-zero), else ``epochs``."""
+    return "steps" if cfg.steps else "images_seen" if cfg.images_seen else "epochs"
+
+
+def planned_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's length in optimiser steps (schedules span it): ``steps``, or
+    ``ceil(images_seen / batch_size)``, or ``ceil(epochs * steps_per_epoch)``."""
+    if cfg.steps:
+        return int(cfg.steps)
+    if cfg.images_seen:
+        return math.ceil(cfg.images_seen / cfg.batch_size)
+    return int(math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def model_overrides(cfg: TrainConfig) -> dict[str, int]:
+    """The fields of the named model's ``ViTConfig`` that the config sets: ``img_size`` (always
+    ``global_size``) and the non-zero sizes of :data:`MODEL_SIZE_KEYS`."""
+    out = {"img_size": cfg.global_size}
+    out.update({k: getattr(cfg, k) for k in MODEL_SIZE_KEYS if getattr(cfg, k)})
+    return out
+
+
+def backbone_reduce_at(cfg: TrainConfig) -> tuple[int, ...]:
+    """The backbone's reduction points: ``reducer.reduce_at``; a dense run (which reduces nothing)
+    keeps only the default points that exist in a shallower model."""
+    points = tuple(cfg.reducer.reduce_at)
+    if cfg.reducer.method == "dense":
+        from simprune.models import MODELS
+
+        depth = cfg.depth or (MODELS.get(cfg.model).depth if cfg.model in MODELS else 0)
+        points = tuple(b for b in points if b <= depth) if depth else points
+    return points
+
+
+def check_model(cfg: TrainConfig) -> Any:
+    """The ``ViTConfig`` the run builds (named model + sizes), after checking that the sizes fit
+    together; a ``ValueError`` names the keys, their values and what would be valid."""
+    from simprune.models import MODELS, model_config
+    from simprune.models.vit import check_reduce_at
+
+    preset = MODELS.get(cfg.model)  # unknown: lists the named models
+    for key in MODEL_SIZE_KEYS:
+        value = getattr(cfg, key)
+        if value < 0:
+            raise ValueError(f"{key} must be >= 1, or 0 for the model's ({getattr(preset, key)}), "
+                             f"got {value}")
+    if cfg.global_size < 1:
+        raise ValueError(f"global_size must be >= 1 (px), got {cfg.global_size}")
+    if cfg.load_size < 0:
+        raise ValueError(f"load_size must be >= 1 (px), or 0 for ceil(global_size * 256 / 224), "
+                         f"got {cfg.load_size}")
+    vc = model_config(cfg.model, **model_overrides(cfg))
+    p = vc.patch_size
+    whose = "" if cfg.patch_size else f" (model {cfg.model}'s)"
+    if cfg.global_size % p:
+        lo, hi = cfg.global_size // p * p, (cfg.global_size // p + 1) * p
+        raise ValueError(f"global_size {cfg.global_size} is not a multiple of patch_size {p}{whose}; "
+                         f"valid: multiples of {p}, e.g. {', '.join(str(v) for v in (lo, hi) if v)}, "
+                         "or another patch_size")
+    local = getattr(cfg.fw, "local_size", None)
+    if isinstance(local, int) and local > 0 and getattr(cfg.fw, "local_views", 1) and local % p:
+        raise ValueError(f"{cfg.framework}.local_size {local} is not a multiple of patch_size {p}"
+                         f"{whose}; valid: multiples of {p}")
+    if vc.embed_dim % vc.num_heads:
+        heads = [h for h in range(1, min(vc.embed_dim, 32) + 1) if vc.embed_dim % h == 0]
+        raise ValueError(f"embed_dim {vc.embed_dim} is not divisible by num_heads {vc.num_heads}; "
+                         f"valid num_heads: {', '.join(map(str, heads))}")
+    if cfg.reducer.method != "dense":
+        try:
+            check_reduce_at(cfg.reducer.reduce_at, vc.depth)
+        except ValueError as err:
+            raise ValueError(f"reducer.reduce_at {list(cfg.reducer.reduce_at)} does not fit depth "
+                             f"{vc.depth}: {err}") from err
+    return vc
+
+
+def size_note(cfg: TrainConfig) -> str | None:
+    """A line saying that the model sees another patch grid than its preset was made for
+    (``global_size`` differs from the named model's image size and no patch size is given), or
+    ``None``."""
+    from simprune.models import MODELS
+
+    if cfg.model not in MODELS or cfg.patch_size:
+        return None
+    preset = MODELS.get(cfg.model)
+    if cfg.global_size == preset.img_size or cfg.global_size % preset.patch_size:
+        return None
+    grid, made = cfg.global_size // preset.patch_size, preset.img_size // preset.patch_size
+    note = (f"model {cfg.model} is made for {preset.img_size}-px images ({made}x{made} = "
+            f"{made * made} tokens); at global_size {cfg.global_size} it sees {grid}x{grid} = "
+            f"{grid * grid} patch tokens of {preset.patch_size} px")
+    if cfg.global_size % made == 0:
+        want = cfg.global_size // made
+        note += f"; for {made * made} tokens set patch_size {want} (--patch-size {want})"
+    return note
 
 
 SECTION_CLASSES = {"reducer": ReducerConfig, "teacher": TeacherConfig}
@@ -325,6 +474,26 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _run_length_given(layer: dict[str, Any], where: str) -> list[str]:
+    """The run-length keys a recipe or the command line gives (``steps``/``images_seen`` of 0 count
+    as not given); two at once are an error."""
+    def given(k: str) -> bool:
+        if k not in layer:
+            return False
+        if k == "epochs":
+            return True
+        try:
+            return float(layer[k]) != 0
+        except (TypeError, ValueError):
+            return True  # not a number: _coerce names it
+    keys = [k for k in RUN_LENGTH if given(k)]
+    if len(keys) > 1:
+        both = " and ".join(f"{k} = {layer[k]}" for k in keys)
+        raise ValueError(f"{where}give one run length, got {both}; valid: epochs (passes over the "
+                         "training set), steps (optimiser steps) or images_seen (training images)")
+    return keys
+
+
 def _default_teacher(framework: str) -> str:
     from simprune.frameworks import FRAMEWORKS
 
@@ -351,6 +520,11 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     method = str(merged.get("reducer.method", ReducerConfig.method))
     kind = str(merged.get("teacher.kind", "") or _default_teacher(framework))
     notes: list[str] = []
+    length_base, length_over = _run_length_given(base_k, where), _run_length_given(over_k, "")
+    for k in length_base:  # a run length on the command line replaces the recipe's
+        if length_over and k != length_over[0]:
+            del merged[k]
+            notes.append(f"{length_over[0]} overridden: ignoring the recipe's {k} = {base_k[k]!r}")
     dropped = []
     for k in list(base_k):
         if k not in over_k and _not_applicable(k, framework, method, kind):

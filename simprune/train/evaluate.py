@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -13,6 +13,22 @@ from simprune.eval.features import batches, extract_features, random_subset
 from simprune.eval.knn import knn_accuracy
 from simprune.eval.linear import linear_probe
 from simprune.models.vit import VisionTransformer
+
+
+def with_progress(items: Iterable[tuple[torch.Tensor, torch.Tensor]], n_images: int, desc: str,
+                  enabled: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``items`` (``(images, labels)`` batches), counted on a tqdm bar of ``n_images`` images
+    when ``enabled``."""
+    if not enabled:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=n_images, desc=desc, unit="img", dynamic_ncols=True, mininterval=1.0,
+              leave=False) as bar:
+        for images, labels in items:
+            yield images, labels
+            bar.update(len(labels))
 
 
 def pooled(state: Any, pool: str = "cls") -> torch.Tensor:
@@ -28,14 +44,17 @@ def pooled(state: Any, pool: str = "cls") -> torch.Tensor:
 def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tensor, size: int,
                  stats: tuple, device: torch.device, batch_size: int = 256,
                  pool: str = "cls",
-                 features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple:
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 progress: str | None = None) -> tuple:
     """``[n, D]`` final-norm CLS features of ``dataset[indices]`` (unreduced forward, or
-    ``features(images)`` when given)."""
+    ``features(images)`` when given); a progress bar named ``progress`` when given."""
     was_training = backbone.training
     backbone.eval()
     transform = EvalTransform(size, *stats).to(device)
+    items = with_progress(batches(dataset, batch_size, indices), len(indices), progress or "",
+                          progress is not None)
     fn = features or (lambda x: pooled(backbone.forward_features(x), pool))
-    feats = extract_features(fn, batches(dataset, batch_size, indices), device, transform)
+    feats = extract_features(fn, items, device, transform)
     backbone.train(was_training)
     return feats
 
@@ -44,24 +63,28 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
              num_classes: int, device: torch.device, n_train: int = 10000, n_test: int = 2000,
              k: int = 20, temperature: float = 0.07, linear: bool = False, seed: int = 0,
              size: int | None = None, pool: str = "cls",
-             features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+             features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             progress: bool = False) -> dict[str, float]:
     """k-NN top-1/top-5 (and optionally a linear probe) on random train/test subsets.
 
     Subsets are drawn at random (datasets such as the CIFAR archive are sorted by class).
+    ``progress``: tqdm bars for the feature extraction and the linear probe.
     """
     size = size or backbone.cfg.img_size
     stats = dataset_stats(dataset_name)
     tr_idx = random_subset(len(train_set), n_train or None, seed)
     te_idx = random_subset(len(test_set), n_test or None, seed + 1)
-    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device, pool=pool,
+    tr_f, tr_y = cls_features(backbone, train_set, tr_idx, size, stats, device,
+                              progress="features (k-NN bank)" if progress else None, pool=pool,
                               features=features)
-    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device, pool=pool,
+    te_f, te_y = cls_features(backbone, test_set, te_idx, size, stats, device,
+                              progress="features (test)" if progress else None, pool=pool,
                               features=features)
     acc = knn_accuracy(tr_f, tr_y, te_f, te_y, num_classes, k=k, temperature=temperature)
     out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_train": len(tr_idx),
            "knn_test": len(te_idx)}
     if linear:
-        lin = linear_probe(tr_f, tr_y, te_f, te_y, num_classes, seed=seed)
+        lin = linear_probe(tr_f, tr_y, te_f, te_y, num_classes, seed=seed, progress=progress)
         out["linear_top1"] = lin["top1"]
     return out
 
@@ -77,7 +100,8 @@ def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: 
     res = evaluate(framework.eval_backbone(branch), train_set, test_set, cfg.dataset, data.num_classes,
                    device, cfg.knn_train, cfg.knn_test, cfg.knn_k, cfg.knn_temperature,
                    linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size,
-                   pool=getattr(framework, "eval_pool", "cls"), features=features)
+                   progress=bool(cfg.progress_bar), pool=getattr(framework, "eval_pool", "cls"),
+                   features=features)
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     what = "patch mean" if getattr(framework, "eval_pool", "cls") == "mean" else "CLS"
     res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} {what}, "
@@ -97,7 +121,9 @@ def classify_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, d
     transform = EvalTransform(cfg.global_size, data.mean, data.std).to(device)
     idx = random_subset(len(test_set), cfg.knn_test or None, cfg.seed + 1)
     top1 = top5 = 0
-    for images, labels in batches(test_set, 256, idx):
+    items = with_progress(batches(test_set, 256, idx), len(idx), "evaluating (test)",
+                          bool(cfg.progress_bar))
+    for images, labels in items:
         logits = framework.predict(transform(images.to(device)))
         k = min(5, logits.shape[-1])
         top = logits.topk(k, dim=-1).indices.cpu()

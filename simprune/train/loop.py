@@ -7,7 +7,7 @@ checkpoints. Progress ``t`` for every schedule is per iteration: ``step / total_
 from __future__ import annotations
 
 import json
-import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,21 @@ from torch import nn
 from simprune import dist
 from simprune.atomic import atomic_write_text
 from simprune.data import DATASETS, load_dataset, resolve_data_root
+from simprune.data.datasets import dataset_key
+from simprune.data.folder import default_load_size
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
 from simprune.models.init import check_init_options
 from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
-from simprune.train.config import TrainConfig, incompatible
+from simprune.train.config import (
+    TrainConfig,
+    check_model,
+    incompatible,
+    planned_steps,
+    run_length_key,
+    size_note,
+)
 from simprune.train.evaluate import EVAL_PROTOCOLS
 from simprune.train.log import MetricsLog
 from simprune.train.log import Progress as ProgressBar
@@ -35,6 +44,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on (bad config, incompatible checkpoint, non-finite loss)."""
+
+
+def note(msg: str) -> None:
+    """One line on stderr (``simprune: note: ...``): something the user should know, not an error."""
+    print(f"simprune: note: {msg}", file=sys.stderr, flush=True)
 
 
 def data_info(cfg: TrainConfig, train_set: Any = None) -> DataInfo:
@@ -65,15 +79,39 @@ def build_augment(cfg: TrainConfig, framework: Framework, data: DataInfo | None 
     return framework.build_augment(cfg, data or data_info(cfg))
 
 
+def load_split(cfg: TrainConfig, root: Path, split: str) -> Any:
+    """A split of the run's data set with the loader options the recipe implies: an image folder
+    is decoded at ``load_size`` (0: ``ceil(global_size * 256 / 224)``), cached when it fits
+    ``$SIMPRUNE_CACHE_MB``, with a progress bar when ``progress_bar``."""
+    options: dict[str, Any] = {}
+    if dataset_key(cfg.dataset) == "imagefolder":
+        options = {"load_size": cfg.load_size or default_load_size(cfg.global_size),
+                   "progress": bool(cfg.progress_bar and dist.is_main()), "workers": cfg.num_workers}
+    return load_dataset(cfg.dataset, root, split, **options)
+
+
+def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images: int) -> str:
+    """What the run will do, e.g. ``planned 586 steps (epochs 0.75): 0.75 epochs of 781 steps, ...``."""
+    key = run_length_key(cfg)
+    given = {"epochs": f"epochs {cfg.epochs:g}", "steps": f"steps {cfg.steps}",
+             "images_seen": f"images_seen {cfg.images_seen}"}[key]
+    epochs = total_steps / max(1, steps_per_epoch)
+    line = (f"planned {total_steps} steps ({given}): {epochs:.3g} epochs of {steps_per_epoch} "
+            f"steps, batch {cfg.batch_size}, {n_images} training images, "
+            f"{total_steps * cfg.batch_size} images seen")
+    if 0 < cfg.max_steps < total_steps:
+        line += f"; this sitting stops at max_steps {cfg.max_steps}"
+    return line
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Fail fast, before any file is written, on values that cannot work."""
-    from simprune.models import MODELS
     from simprune.reducers import REDUCERS
     from simprune.reducers.schedule import WINDOWS
     from simprune.tokens import check_keep_rate
 
     fw = FRAMEWORKS.get(cfg.framework)
-    MODELS.get(cfg.model)
+    check_model(cfg)
     rc = cfg.reducer
     if rc.method != "dense":
         REDUCERS.get(rc.method)
@@ -84,6 +122,10 @@ def check_config(cfg: TrainConfig) -> None:
     check_init_options(cfg.init, cfg.pos_embed)
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
+    for key in ("steps", "images_seen"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key} must be >= 1, or 0 when the run length is given otherwise, got "
+                             f"{getattr(cfg, key)}")
     for key in ("log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1 (steps), got {getattr(cfg, key)}")
@@ -119,8 +161,16 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed + self.rank)
         root = resolve_data_root(cfg.data or None)
-        self.train_set = load_dataset(cfg.dataset, root, "train")
+        self.train_set = load_split(cfg, root, "train")
         self.root = root
+        if cfg.train_subset > len(self.train_set):
+            raise TrainingError(
+                f"train_subset {cfg.train_subset} is larger than the {len(self.train_set)} images of "
+                f"{cfg.dataset}'s training split; valid: 1 to {len(self.train_set)}, or 0 for all")
+        # the test split is read (and its classes checked against the training split's) before
+        # the first step, so a bad split stops the run before it trains, not after
+        self.test_set = (load_split(cfg, root, cfg.test_split)
+                         if cfg.eval_at_end or cfg.knn_every > 0 else None)
         self.data = data_info(cfg, self.train_set)
         fw_cls = FRAMEWORKS.get(cfg.framework)
         if fw_cls.needs_labels and not self.data.has_labels:
@@ -133,7 +183,7 @@ class Trainer:
         self.sampler = ResumableSampler(subset, cfg.batch_size, cfg.seed, self.rank, self.world,
                                         self.filter)
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.total_steps = int(math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.total_steps = planned_steps(cfg, self.steps_per_epoch)
         self.augment = build_augment(cfg, self.framework, self.data).to(self.device)
         self.model: nn.Module = self.framework
         if self.world > 1:
@@ -270,6 +320,11 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            sizes = size_note(cfg)
+            if sizes:
+                note(sizes)
+            print(plan_line(cfg, self.total_steps, self.steps_per_epoch, len(self.sampler.indices)),
+                  flush=True)
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._sitting_start, self._eval_seconds = time.perf_counter(), 0.0
         progress = ProgressBar(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
@@ -337,7 +392,9 @@ class Trainer:
         cfg = self.cfg
         res: dict[str, Any] = {}
         if dist.is_main():
-            test_set = load_dataset(cfg.dataset, self.root, cfg.test_split)
+            if self.test_set is None:
+                self.test_set = load_split(cfg, self.root, cfg.test_split)
+            test_set = self.test_set
             protocol = EVAL_PROTOCOLS[self.framework.eval_protocol]
             res = protocol(self.framework, self.train_set, test_set, cfg, self.data, self.device,
                            final=final)
