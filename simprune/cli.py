@@ -23,7 +23,9 @@ def _flag(name: str) -> str:
 
 def _config_flags() -> list[tuple[str, list[str], object]]:
     """``(dotted key, flags, default)`` for every config key: base keys by name, section keys as
-    ``--section.key`` plus their flat alias (``--keep-rate``, ``--moco-hidden``)."""
+    ``--section.key`` plus their flat alias (``--keep-rate``, ``--moco-hidden``). A key that several
+    framework sections have (``--mask-ratio`` of MAE and PCAE, ``--pool``) is one flag of its own
+    whose key stays flat, so that it sets the key of the framework the run uses."""
     from dataclasses import fields
 
     from simprune.train.config import SECTION_CLASSES, TrainConfig, aliases, framework_sections
@@ -42,11 +44,14 @@ def _config_flags() -> list[tuple[str, list[str], object]]:
         for f in fields(cls):
             dotted = f"{section}.{f.name}"
             flags = ["--" + dotted]
-            for flat in back.get(dotted, []) + back.get(f"*.{f.name}", []):
+            for flat in back.get(dotted, []):
                 flag = _flag(flat)
                 if flag not in flags and not any(flag in fl for _, fl, _ in out):
                     flags.append(flag)
             out.append((dotted, flags, getattr(inst, f.name)))
+            shared = back.get(f"*.{f.name}", [])
+            if shared and not any(_flag(shared[0]) in fl for _, fl, _ in out):
+                out.append((shared[0], [_flag(shared[0])], getattr(inst, f.name)))
     return out
 
 
