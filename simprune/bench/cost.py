@@ -93,6 +93,14 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="do not write cost.png")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table of one step of every variant (stderr)")
+    parser.add_argument("--mask-ratios", type=float, nargs="+", default=None,
+                        help="MAE/PCAE recipes: mask ratios measured against MAE at 0.75 (default "
+                             "PCAE 0.75 0.85 0.9, MAE the recipe's); see simprune.bench.mim_cost")
+    parser.add_argument("--decoder-depths", type=int, nargs="+", default=None,
+                        help="MAE/PCAE recipes: decoder depths, each a group with its own MAE "
+                             "reference (default the recipe's), e.g. 8 2")
+    parser.add_argument("--random-drop", action="store_true",
+                        help="PCAE recipes: also measure the random-drop ablation")
 
 
 def _dotted(key: str) -> str:
@@ -308,6 +316,13 @@ def run_cost(args: argparse.Namespace) -> int:
     """``simprune bench cost``. Bad names or values, or an existing result file -> exit code 2."""
     try:
         cfg = train_config(args)
+        from simprune.bench.mim_cost import is_mim, run_mim_cost
+
+        if is_mim(cfg.framework):  # MAE, PCAE: settings against MAE at mask 0.75, not reducers
+            if args.repeats < 1 or args.warmup < 0:
+                raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, "
+                                 f"{args.warmup}")
+            return run_mim_cost(args, cfg, pick_device(args.device), out_dir(args))
         if args.repeats < 1 or args.warmup < 0:
             raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
         if not args.methods or DENSE in args.methods:

@@ -12,7 +12,11 @@ So every token count the drivers produce, every head, the teacher's forward, the
 products (SimPrune's matching, ToMe's scores, EViT's CLS attention) and the loss's matrix products
 (MoCo v3's ``q·kᵀ``) are counted as they happen; only matrix products and convolutions count
 (layer norms, softmax, GELU and elementwise reducer work do not). The pruned step is compared with
-the same config with ``reducer.method = "dense"``: ``flops_ratio`` = pruned / dense.
+the same config with ``reducer.method = "dense"``: ``flops_ratio`` = pruned / dense, and
+``train_flops`` is the step's own count (absolute, per step at ``batch_size`` images). A framework
+may name another reference step (``cost_reference(cfg)``): MAE and PCAE are compared with MAE at
+mask 0.75 with the same encoder and decoder (``--mask-ratio`` sets the mask ratio counted; the
+table and the JSON show the decoder size).
 
 The count runs on a small batch (``batch_size``, default 2) and is reported per image as well;
 per-batch terms that grow with the batch squared (contrastive logits) are negligible at these
@@ -37,7 +41,7 @@ import torch
 
 from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
 from simprune.bench.framework_defaults import bench_defaults, describe
-from simprune.frameworks import DENSE, Batch, Framework, Progress
+from simprune.frameworks import DENSE, FRAMEWORKS, Batch, Framework, Progress
 from simprune.train.config import TrainConfig, load_recipe, make_config
 from simprune.train.loop import build_augment, build_framework, check_config, data_info
 
@@ -62,6 +66,25 @@ def with_reducer(cfg: TrainConfig, method: str, keep_rate: float | None = None) 
 def dense_config(cfg: TrainConfig) -> TrainConfig:
     """The same run without token reduction."""
     return with_reducer(cfg, DENSE)
+
+
+def reference_config(cfg: TrainConfig) -> TrainConfig | None:
+    """The step ``cfg``'s step is compared with: the framework's ``cost_reference`` where it has
+    one (MAE, PCAE: MAE at mask 0.75 with the same decoder), else the dense config (``None`` when
+    ``cfg`` is dense itself)."""
+    ref = getattr(FRAMEWORKS.get(cfg.framework), "cost_reference", None)
+    if ref is not None:
+        return ref(cfg)
+    return None if cfg.reducer.method == DENSE else dense_config(cfg)
+
+
+def cost_label(cfg: TrainConfig) -> str:
+    """How tables name a config's step (the framework's ``cost_label``, else method and keep)."""
+    label = getattr(FRAMEWORKS.get(cfg.framework), "cost_label", None)
+    if label is not None:
+        return label(cfg)
+    rc = cfg.reducer
+    return f"{cfg.framework} {rc.method}" + ("" if rc.method == DENSE else f" keep {rc.keep_rate:g}")
 
 
 # ----------------------------------------------------------------------------- the count
@@ -110,7 +133,7 @@ def point_tokens(points: Sequence[Any], logs: Mapping[str, Any]) -> tuple[list[d
     for i, pt in enumerate(points, start=1):
         row: dict[str, Any] = {"point": i, "block": int(pt.block)}
         if hasattr(pt, "tokens_out"):
-            row["student"] = _record(pt)
+            row[getattr(pt, "branch", "student")] = _record(pt)
         else:
             row["keep_rate"] = float(pt.keep_rate)
             for branch in ("student", "teacher", "local"):
@@ -197,12 +220,14 @@ def step_flops(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) -> 
 def step_report(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) -> dict[str, Any]:
     """The step of ``cfg`` and the same step dense, side by side, as a JSON-ready dict.
 
-    ``flops_ratio``: pruned over dense (exactly 1 for a dense config); ``tokens``: per reduction
-    point, each branch's tokens in and out in the pruned step.
+    ``flops_ratio``: pruned over dense (exactly 1 for a dense config), or over the framework's
+    reference step (:func:`reference_config`; ``reference`` names it); ``train_flops``: the step's
+    own FLOPs; ``tokens``: per reduction point, each branch's tokens in and out in the pruned step.
     """
     pruned = step_flops(cfg, progress, batch_size)
-    dense = pruned if cfg.reducer.method == DENSE else step_flops(dense_config(cfg), progress,
-                                                                  batch_size)
+    ref_cfg = reference_config(cfg)
+    same = ref_cfg is None or ref_cfg.to_dict() == cfg.to_dict()
+    dense = pruned if same else step_flops(ref_cfg, progress, batch_size)
     parts = {}
     for name in sorted(set(pruned.parts) | set(dense.parts)):
         p, d = pruned.parts.get(name, 0), dense.parts.get(name, 0)
@@ -213,14 +238,25 @@ def step_report(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) ->
         "global_size": cfg.global_size, "method": rc.method,
         "keep_rate": 1.0 if rc.method == DENSE else rc.keep_rate, "reduce_at": list(rc.reduce_at),
         "batch_size": batch_size, "progress": progress,
-        "flops_ratio": pruned.total / dense.total,
+        "flops_ratio": pruned.total / dense.total, "train_flops": pruned.total,
+        "train_flops_per_image": pruned.per_image, "reference_train_flops": dense.total,
+        "label": cost_label(cfg), "reference": cost_label(ref_cfg if ref_cfg is not None else cfg),
         "forward_ratio": pruned.forward / dense.forward,
         "backward_ratio": pruned.backward / dense.backward if dense.backward else None,
         "step_gflops": pruned.total / 1e9, "dense_step_gflops": dense.total / 1e9,
         "gflops_per_image": pruned.per_image / 1e9, "dense_gflops_per_image": dense.per_image / 1e9,
         "parts": parts, "tokens": pruned.points, "tokens_source": pruned.points_source,
-        "dense_tokens": dense.points, "config": cfg.to_dict(),
+        "dense_tokens": dense.points, "config": cfg.to_dict(), **_mim_fields(cfg),
     }
+
+
+def _mim_fields(cfg: TrainConfig) -> dict[str, Any]:
+    """Mask ratio and decoder size of a config whose framework has them (MAE, PCAE)."""
+    fw = cfg.fw
+    if not hasattr(fw, "mask_ratio"):
+        return {}
+    return {"mask_ratio": fw.mask_ratio, "decoder": f"{fw.decoder_depth}x{fw.decoder_dim}",
+            "decoder_depth": fw.decoder_depth, "decoder_dim": fw.decoder_dim}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -258,6 +294,8 @@ def add_flops_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="images in the counted step")
     parser.add_argument("--progress", type=float, default=1.0,
                         help="training progress of the step (keep-rate warm-up, window position)")
+    parser.add_argument("--mask-ratio", type=float, default=None,
+                        help="MAE/PCAE: share of patches masked (the framework's mask_ratio)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -271,14 +309,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              "global_size": args.img_size, "reducer.method": args.method,
              "reducer.keep_rate": args.keep_rate,
              "reducer.reduce_at": list(args.reduce_at) if args.reduce_at else None,
-             "reducer.options": dict(args.reducer_opt) or None}
+             "reducer.options": dict(args.reducer_opt) or None,
+             "mask_ratio": getattr(args, "mask_ratio", None)}
     over.update({k: v for k, v in flags.items() if v is not None})
     given = {**base, **over}
     for key, default in (("framework", "dino"), ("model", "deit_small_patch16_224")):
         if key not in given:
             over[key] = default
     reducer = base.get("reducer", {}) if isinstance(base.get("reducer"), dict) else {}
-    if not any(k in given or k in reducer for k in ("method", "reducer.method")) and "method" not in reducer:
+    fw_cls = FRAMEWORKS.get(str(given.get("framework", over.get("framework"))))
+    if "mask_ratio" in over and not hasattr(fw_cls.Config, "mask_ratio"):
+        raise ValueError(f"--mask-ratio: framework {fw_cls.__name__} masks nothing (MAE and PCAE do)")
+    takes = getattr(fw_cls, "takes_reducer", True)
+    if takes and not any(k in given or k in reducer for k in ("method", "reducer.method")) \
+            and "method" not in reducer:
         over["reducer.method"] = "simprune"
     img = model_config(str(over.get("model", base.get("model")))).img_size
     if "global_size" not in given:
@@ -294,21 +338,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def format_report(report: Mapping[str, Any]) -> str:
     """A readable table of :func:`step_report`."""
     r = report
-    lines = [f"{r['framework']} step, {r['model']} ({r['global_size']} px), {r['method']} keep "
-             f"{r['keep_rate']} at blocks {tuple(r['reduce_at'])}, counted on batch {r['batch_size']}"]
+    if "decoder" in r:
+        head = (f"{r['label']} ({r['model']}, {r['global_size']} px), counted on batch "
+                f"{r['batch_size']}; compared with {r['reference']}")
+    else:
+        head = (f"{r['framework']} step, {r['model']} ({r['global_size']} px), {r['method']} keep "
+                f"{r['keep_rate']} at blocks {tuple(r['reduce_at'])}, counted on batch {r['batch_size']}")
+    lines = [head]
     for p in r["tokens"]:
         branches = ", ".join(f"{b} {v.get('tokens_in', '?')}->{v['tokens_out']}"
                              for b, v in p.items() if isinstance(v, dict))
         lines.append(f"  tokens p{p['point']}" + (f" (block {p['block']})" if "block" in p else "")
                      + f": {branches}")
-    lines.append(f"{'forward part':<22}{'GFLOPs':>12}{'dense':>12}{'ratio':>9}")
+    ref = "dense" if "decoder" not in r else "ref"
+    lines.append(f"{'forward part':<22}{'GFLOPs':>12}{ref:>12}{'ratio':>9}")
     for name, part in r["parts"].items():
         ratio = "-" if part["ratio"] is None else f"{part['ratio']:.4f}"
         lines.append(f"{name:<22}{part['gflops']:>12.4f}{part['dense_gflops']:>12.4f}{ratio:>9}")
     lines.append(f"{'step (fwd + bwd)':<22}{r['step_gflops']:>12.4f}{r['dense_step_gflops']:>12.4f}"
                  f"{r['flops_ratio']:>9.4f}")
-    lines.append(f"per image {r['gflops_per_image']:.4f} GFLOPs (dense {r['dense_gflops_per_image']:.4f}); "
-                 f"flops_ratio {r['flops_ratio']:.4f}")
+    lines.append(f"per image {r['gflops_per_image']:.4f} GFLOPs ({ref} {r['dense_gflops_per_image']:.4f}); "
+                 f"flops_ratio {r['flops_ratio']:.4f}; train_flops {r['train_flops']:.4g} per step")
     return "\n".join(lines)
 
 
@@ -345,6 +395,7 @@ __all__ = [
     "format_report",
     "parse_option",
     "point_tokens",
+    "reference_config",
     "run_flops",
     "step_flops",
     "step_report",
