@@ -50,9 +50,9 @@ def test_unknown_override_lists_fields():
 @pytest.mark.parametrize(
     "reduce_at, match",
     [
-        ((0, 2), r"\[0\].*outside 1\.\.4"),
-        ((2, 5), r"\[5\].*outside 1\.\.4"),
-        ((-1,), r"\[-1\].*outside 1\.\.4"),
+        ((2, 5), r"\[5\].*outside 0\.\.4"),
+        ((-1,), r"\[-1\].*outside 0\.\.4"),
+        ((0, 0), r"sorted and unique.*\[0, 0\]"),
         ((3, 2), r"sorted and unique.*\[3, 2\].*\[2, 3\]"),
         ((2, 2), r"sorted and unique.*\[2, 2\]"),
     ],
