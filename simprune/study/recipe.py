@@ -146,8 +146,11 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"study recipe {str(path)!r} not found")
-    with path.open("rb") as f:
-        spec = tomllib.load(f)
+    try:
+        with path.open("rb") as f:
+            spec = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from err
     unknown = sorted(set(spec) - set(STUDY_KEYS))
     if unknown:
         valid = "; ".join(f"{k} ({v})" for k, v in STUDY_KEYS.items())

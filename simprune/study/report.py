@@ -150,7 +150,7 @@ def _duration(seconds: float) -> str:
 def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResult], command: str,
                    log: dict[str, Any], path: Path) -> None:
     sittings = log.get("sittings", [])
-    wall = sum(s.get("wall_seconds", 0.0) for s in sittings)
+    wall = sum(s.get("wall_seconds") or 0.0 for s in sittings)  # None: a sitting still running or killed
     trained = sum(float(r.metrics.get("train_seconds", 0.0)) for r in results if r.finished)
     base = study.cells[0].config if study.cells else TrainConfig()
     lines = [f"# Study `{study.name}`", ""]

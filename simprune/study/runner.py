@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -66,6 +67,22 @@ def skip_finished(cell: Cell, head: str, counts: dict[str, float], log) -> bool:
 def read_log(out: Path) -> dict[str, Any]:
     path = out / LOG_NAME
     return json.loads(path.read_text()) if path.is_file() else {"sittings": []}
+
+
+def log_sitting(out: Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to ``study.json``, or update the entry with its ``id``. The log is read
+    again each time: a sitting side by side may have logged meanwhile. A sitting's entry is written
+    when it starts (``state: running``) and completed when it ends (``ended``, ``interrupted`` or
+    ``failed``); one killed outright keeps ``running``."""
+    log_data = read_log(out)
+    sittings = log_data.setdefault("sittings", [])
+    for i, s in enumerate(sittings):
+        if s.get("id") == entry["id"]:
+            sittings[i] = dict(entry)
+            break
+    else:
+        sittings.append(dict(entry))
+    atomic_write_text(out / LOG_NAME, json.dumps(log_data, indent=2))
 
 
 def run_cells(study: Study, time_limit: float = 0.0, log=None,
@@ -200,17 +217,23 @@ def run_study(args: argparse.Namespace) -> int:
     if not args.report_only:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         counts: dict[str, float] = {}
+        entry = {"command": command, "started": started, "seeds": study.seeds,
+                 "cells": len(study.cells), "state": "running",
+                 "id": f"{started}/{socket.gethostname()}/{os.getpid()}"}
+        if is_main():  # logged before the first step: a sitting killed outright (SIGKILL) still shows
+            log_sitting(study.out, entry)
+        state = "interrupted"
         try:
             run_cells(study, args.time_limit, counts=counts)
+            state = "ended"
+        except Exception:
+            state = "failed"
+            raise
         finally:
             if is_main():
-                # Read now, not at the start: a sitting side by side may have logged meanwhile.
-                log_data = read_log(study.out)
-                log_data.setdefault("sittings", []).append({
-                    "command": command, "started": started, "seeds": study.seeds,
-                    "wall_seconds": counts.get("seconds", None), "cells_trained": counts.get("trained"),
-                    "cells_finished": counts.get("finished"), "cells": len(study.cells)})
-                atomic_write_text(study.out / LOG_NAME, json.dumps(log_data, indent=2))
+                entry.update(state=state, wall_seconds=counts.get("seconds", None),
+                             cells_trained=counts.get("trained"), cells_finished=counts.get("finished"))
+                log_sitting(study.out, entry)
     if not is_main():
         return 0
     log_data = read_log(study.out)

@@ -187,3 +187,26 @@ def test_sigterm_ends_a_sitting_cleanly(data_root, tmp_path):
     assert len(sittings) == 1 and sittings[0]["cells_trained"] == 0
     assert not (out / "dense" / "seed0" / "study.lock").exists()
     assert load_checkpoint(out / "dense" / "seed0" / "checkpoint.pt")["step"] >= 1
+
+
+def test_a_sitting_is_logged_when_it_starts_and_completed_when_it_ends(tmp_path, monkeypatch):
+    """study.json holds the sitting while it trains (``state: running``), so one killed outright
+    (SIGKILL, a power cut) is still in the log; its end completes the same entry."""
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "log"
+    seen = []
+
+    def trains(study, time_limit, counts=None, log=None):
+        seen.extend(json.loads((study.out / "study.json").read_text())["sittings"])
+        counts.update(trained=1, finished=0, seconds=2.0)
+        return counts
+
+    monkeypatch.setattr(runner, "run_cells", trains)
+    out.mkdir(parents=True)
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    assert len(seen) == 1 and seen[0]["state"] == "running"
+    assert seen[0]["command"].startswith("simprune study")
+    sittings = json.loads((out / "study.json").read_text())["sittings"]
+    assert len(sittings) == 1 and sittings[0]["id"] == seen[0]["id"]
+    assert sittings[0]["state"] == "ended" and sittings[0]["cells_trained"] == 1
+    assert sittings[0]["wall_seconds"] == 2.0
