@@ -1,13 +1,17 @@
 """``simprune train | eval | export | bench`` — the command line.
 
 Errors in what the user asked for (unknown names, bad values, missing data, incompatible
-checkpoints) print one clear line and exit with status 2; they are never tracebacks.
+checkpoints) print one clear line and exit with status 2; they are never tracebacks. Errors of the
+machine (a full disk, a file-size limit, a folder that cannot be written) print one line naming the
+file and exit with status 1; the last checkpoint is kept whole.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
 import warnings
 from typing import Any
@@ -145,11 +149,23 @@ def run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``simprune eval`` flags that override the run's evaluation settings: (config key, type, help)
+EVAL_OVERRIDES = (
+    ("knn_train", int, "k-NN bank size (0: all)"),
+    ("knn_test", int, "test images (0: all)"),
+    ("knn_k", int, "neighbours of the weighted k-NN"),
+    ("knn_temperature", float, "temperature of the weighted k-NN"),
+    ("test_split", str, "split to evaluate on (e.g. test, val)"),
+    ("device", str, "auto, cpu, cuda or cuda:<index> (default: auto)"),
+)
+
+
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run folder or checkpoint.pt")
     p.add_argument("--data", default=None, help="data folder (default: the run's, or $SIMPRUNE_DATA)")
-    p.add_argument("--knn-train", type=int, default=None, help="k-NN bank size (0: all)")
-    p.add_argument("--knn-test", type=int, default=None, help="test images (0: all)")
+    for key, kind, text in EVAL_OVERRIDES:
+        p.add_argument(_flag(key), dest=key, type=kind, default=None,
+                       help=f"{text} (default: the run's)" if key != "device" else text)
     p.add_argument("--linear", action="store_true", help="also train a linear probe on frozen features")
     p.add_argument("--branch", choices=("teacher", "student"), default=None,
                    help="backbone to evaluate (default: teacher for DINO, student for MoCo v3)")
@@ -180,17 +196,22 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from simprune.data import resolve_data_root
     from simprune.train.evaluate import EVAL_PROTOCOLS
-    from simprune.train.loop import data_info, load_split
+    from simprune.train.loop import check_device, check_eval_settings, data_info, load_split
 
+    check_device(args.device or "auto")
     cfg, fw, saved = _load_run(args.ckpt)
-    for key in ("knn_train", "knn_test"):
+    for key, _, _ in EVAL_OVERRIDES:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     cfg.linear_probe = bool(args.linear)
+    check_eval_settings(cfg)
     root = resolve_data_root(args.data or cfg.data or None)
     train_set = load_split(cfg, root, "train")
     test_set = load_split(cfg, root, cfg.test_split)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device in (None, "auto"):
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
     res = EVAL_PROTOCOLS[fw.eval_protocol](fw.to(device), train_set, test_set, cfg,
                                            data_info(cfg, train_set), device, final=True,
                                            branch=args.branch)
@@ -208,14 +229,30 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from safetensors.torch import save_file
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save
+
+    from simprune.atomic import atomic_write
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out!r} must end in .safetensors")
+    folder = Path(args.out).parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"cannot export to {args.out}: the folder {folder} {what}; create it or "
+                         "pass another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot export to {args.out}: the folder {folder} is not writable; pass "
+                         "another --out")
+    if Path(args.out).is_dir():
+        raise ValueError(f"cannot export to {args.out}: it is a folder")
     _, fw, _ = _load_run(args.ckpt)
     backbone = fw.eval_backbone(args.branch)
     sd = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(sd, args.out, metadata={"format": "pt", "names": "timm-vit"})
+    data = save(sd, metadata={"format": "pt", "names": "timm-vit"})
+    atomic_write(args.out, lambda f: f.write(data))
     print(f"wrote {len(sd)} tensors ({args.branch or fw.eval_branch} backbone, timm names) to {args.out}")
     return 0
 
@@ -255,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line for an error of the machine: what failed, on which file, and what to do."""
+    name = f" {err.filename}" if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno == errno.EFBIG:
+        return (f"cannot write{name}: {what}: a file-size limit (`ulimit -f`) stopped the write; "
+                "raise it, then run the same command to resume from the last checkpoint, which is "
+                "intact")
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (f"cannot write{name}: {what}: the disk (or quota) is full; free some space, then run "
+                "the same command to resume from the last checkpoint, which is intact")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}:{name}; check its permissions, or choose another folder"
+    return f"{what}:{name}" if name else what
+
+
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     """Warnings (an empty class folder, k larger than the bank, ...) as ``simprune: warning: ...``."""
@@ -265,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from simprune.train.loop import TrainingError
 
+    if hasattr(signal, "SIGXFSZ"):
+        # Over a file-size limit (`ulimit -f`) a write fails with EFBIG, which we report, instead
+        # of the signal ending the process with a core dump and no word.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         with sigterm_interrupts(), warnings.catch_warnings():
             warnings.showwarning = _show_warning  # one line each, restored on the way out
@@ -273,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"simprune: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a file-size limit, an unwritable folder
+        print(f"simprune: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM
         print("simprune: interrupted; run the same command to resume", file=sys.stderr)
         return exit_code(err)

@@ -4,13 +4,23 @@ progress bar with loss, lr and images/s. Only the main process writes."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from simprune.atomic import atomic_write_text
 
 
 class MetricsLog:
     """Appends JSON lines; on resume, lines past the checkpoint's step are dropped first so the
-    file reads as one uninterrupted run."""
+    file reads as one uninterrupted run.
+
+    A run killed while it appended leaves a torn last line: it is dropped when the run resumes,
+    with one line on stderr. A line that does not read as JSON anywhere else is an error naming
+    the file and the line (it was not written by simprune's append, so nothing is guessed).
+    """
 
     def __init__(self, path: Path, enabled: bool = True, truncate_after: int | None = None) -> None:
         self.path, self.enabled = path, enabled
@@ -19,9 +29,9 @@ class MetricsLog:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= truncate_after]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            records = read_records(path, repair=True)
+            kept = [ln for rec, ln in records if rec.get("step", 0) <= truncate_after]
+            self._rewrite(kept)
         try:  # TensorBoard when it is installed; metrics.jsonl is the record either way
             from torch.utils.tensorboard import SummaryWriter
 
@@ -29,15 +39,69 @@ class MetricsLog:
         except Exception:
             self._tb = None
 
+    def _rewrite(self, lines: list[str]) -> None:
+        text = "".join(ln + "\n" for ln in lines)
+        if not self.path.exists() or self.path.read_text(errors="replace") != text:
+            atomic_write_text(self.path, text)
+
+    def drop(self, which: Callable[[dict[str, Any]], bool]) -> None:
+        """Remove the records for which ``which(record)`` is true."""
+        if self.enabled and self.path.exists():
+            self._rewrite([ln for rec, ln in read_records(self.path, repair=True) if not which(rec)])
+
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        data = (json.dumps(record) + "\n").encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                start = os.lseek(fd, 0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                except OSError:
+                    os.ftruncate(fd, start)  # leave no torn line (best effort)
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror or str(err), str(self.path)) from err
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
                     self._tb.add_scalar(k, v, record["step"])
+
+
+def read_records(path: Path, repair: bool = False) -> list[tuple[dict[str, Any], str]]:
+    """``(record, line)`` for every line of a ``metrics.jsonl``.
+
+    A last line that does not read as JSON (torn when the run was killed mid-append) is dropped;
+    with ``repair`` one line on stderr says so. Any other such line raises ``ValueError`` naming
+    the file and the line.
+    """
+    lines = path.read_text(errors="replace").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out: list[tuple[dict[str, Any], str]] = []
+    for i, ln in enumerate(lines, start=1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+            if not isinstance(rec, dict):
+                raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        except ValueError as err:
+            if i == len(lines):
+                if repair:
+                    print(f"simprune: note: {path}: dropped a torn last line (line {i}, {len(ln)} "
+                          "characters cut off when the run was stopped)", file=sys.stderr, flush=True)
+                continue
+            raise ValueError(f"{path} line {i} is not a JSON record ({err}); fix or delete that "
+                             "line, then run the same command again") from err
+        out.append((rec, ln))
+    return out
 
 
 class Progress:

@@ -2,12 +2,19 @@
 
 Host syncs happen only every ``log_every`` steps (logging, the non-finite-loss check) and at
 checkpoints. Progress ``t`` for every schedule is per iteration: ``step / total_steps``.
+
+A non-finite loss is flagged on the device at every step; the flag is read at every log line and
+before every checkpoint (with a check of the weights themselves), so no checkpoint is written
+unless every step since the last check had a finite loss: the last good checkpoint is never
+overwritten by a broken one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,15 +23,24 @@ import torch
 from torch import nn
 
 from simprune import dist
-from simprune.atomic import atomic_write_text
-from simprune.data import DATASETS, load_dataset, resolve_data_root
+from simprune.atomic import atomic_write_text, remove_stale_temps
+from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
 from simprune.data.datasets import dataset_key
 from simprune.data.folder import default_load_size
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
 from simprune.models.init import check_init_options
-from simprune.train.checkpoint import CKPT_NAME, atomic_save, load_checkpoint, rng_state, set_rng_state
+from simprune.train.checkpoint import (
+    CKPT_NAME,
+    CheckpointError,
+    atomic_save,
+    kept_name,
+    load_checkpoint,
+    newest_intact_copy,
+    rng_state,
+    set_rng_state,
+)
 from simprune.train.config import (
     TrainConfig,
     check_model,
@@ -114,7 +130,13 @@ def check_config(cfg: TrainConfig) -> None:
     check_model(cfg)
     rc = cfg.reducer
     if rc.method != "dense":
-        REDUCERS.get(rc.method)
+        if rc.method not in REDUCERS:
+            import difflib
+
+            known = ["dense", *REDUCERS.names()]
+            close = difflib.get_close_matches(rc.method, known, n=1)
+            raise ValueError(f"unknown reduction method {rc.method!r}; known: {', '.join(known)}."
+                             + (f" Did you mean {close[0]!r}?" if close else ""))
         check_keep_rate(rc.keep_rate, "reducer.keep_rate")
         WINDOWS.get(rc.window)
     if cfg.precision not in PRECISIONS:
@@ -129,26 +151,101 @@ def check_config(cfg: TrainConfig) -> None:
     for key in ("log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1 (steps), got {getattr(cfg, key)}")
-    for key in ("knn_k", "knn_train", "knn_test"):
-        if getattr(cfg, key) < (1 if key == "knn_k" else 0):
-            raise ValueError(f"{key} must be >= {1 if key == 'knn_k' else 0}, got {getattr(cfg, key)}")
+    for key in ("keep_every", "max_steps", "num_workers", "train_subset"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.time_limit < 0:
+        raise ValueError(f"time_limit must be >= 0 minutes (0: none), got {cfg.time_limit}")
+    check_eval_settings(cfg)
+    check_device(cfg.device)
     if fw.eval_protocol not in EVAL_PROTOCOLS:
         raise ValueError(f"framework {cfg.framework!r} evaluates by {fw.eval_protocol!r}; known "
                          f"protocols: {', '.join(EVAL_PROTOCOLS)}")
     fw.check(cfg)
 
 
+def check_eval_settings(cfg: TrainConfig) -> None:
+    """The evaluation keys (checked before the first step, and by ``simprune eval``)."""
+    for key in ("knn_k", "knn_train", "knn_test"):
+        if getattr(cfg, key) < (1 if key == "knn_k" else 0):
+            raise ValueError(f"{key} must be >= {1 if key == 'knn_k' else 0}, got {getattr(cfg, key)}")
+    if not cfg.knn_temperature > 0:
+        raise ValueError(f"knn_temperature must be > 0, got {cfg.knn_temperature}")
+    if cfg.knn_every < 0:
+        raise ValueError(f"knn_every must be >= 0 epochs (0: only at the end), got {cfg.knn_every}")
+    if not cfg.test_split:
+        raise ValueError("test_split must name the split to evaluate on (e.g. 'test' or 'val')")
+
+
+def check_device(device: str) -> None:
+    """``auto``, ``cpu`` or a device this machine has (``cuda`` needs a GPU torch can see)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name torch knows; use auto, cpu, cuda "
+                         "or cuda:<index>") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA GPU on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             "GPU(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu (or auto)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device {device!r}: simprune trains on auto, cpu, cuda or mps")
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """The out folder can be created and written, before any data is loaded; creates nothing."""
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise TrainingError(f"the out folder {run_dir} is a file, not a folder; pass --out a "
+                                "folder (it is created if missing). Nothing was changed.")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise TrainingError(f"cannot write in the out folder {run_dir} ({err.strerror}); make it "
+                                "writable or pass another --out. Nothing was changed.") from err
+        return
+    parent = run_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TrainingError(f"cannot create the out folder {run_dir}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TrainingError(f"cannot create the out folder {run_dir}: {parent} is not writable; "
+                            "pass another --out")
+
+
 class Trainer:
-    """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``."""
+    """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``.
+
+    A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC) is named with its fault; the
+    run resumes from the newest intact ``checkpoint_<step>.pt`` copy (``--keep-every``) when
+    there is one, and says which; otherwise it stops and says how to start again.
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
         check_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.ckpt_path = self.run_dir / CKPT_NAME
-        saved = None
-        if self.ckpt_path.exists():
-            saved = load_checkpoint(self.ckpt_path)
+        if dist.is_main():
+            check_out_dir(self.run_dir)
+            for folder in (self.run_dir, default_cache_dir()):
+                removed = remove_stale_temps(folder)
+                if removed:
+                    note(f"removed {len(removed)} temporary file(s) left in {folder} by a killed "
+                         f"run: {', '.join(p.name for p in removed)}")
+        saved = self._read_checkpoint()
+        if saved is not None:
             diff = incompatible(saved["config"], cfg)
             if diff:
                 lines = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
@@ -203,6 +300,30 @@ class Trainer:
                               truncate_after=self.step)
 
     # --- state -----------------------------------------------------------------------------
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from: ``checkpoint.pt``, or when it is damaged the newest
+        intact ``checkpoint_<step>.pt``; ``None`` for a new run."""
+        if not self.ckpt_path.exists():
+            return None
+        try:
+            return load_checkpoint(self.ckpt_path)
+        except CheckpointError as err:
+            damaged = err
+        try:
+            copy, saved, skipped = newest_intact_copy(self.run_dir)
+        except FileNotFoundError as err:
+            older = "".join(f"; {e}" for e in getattr(err, "faults", []))
+            raise TrainingError(
+                f"cannot resume: {damaged}{older}. There is no intact checkpoint_<step>.pt copy "
+                f"(--keep-every makes them) to resume from. To start this run again from step 0, move "
+                f"{self.ckpt_path} away (e.g. to {self.ckpt_path.name}.damaged) and run the same "
+                "command; or pass another --out.") from damaged
+        if dist.is_main():
+            also = "".join(f"; skipped {e}" for e in skipped)
+            note(f"{damaged}{also}; resuming from the newest intact copy, {copy} (step "
+                 f"{saved['step']}). The damaged file is replaced at the next checkpoint.")
+        return saved
+
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.cfg.to_dict(), "framework": self.framework.state_dict(),
                 "eval_branch": self.framework.eval_branch,
@@ -234,8 +355,34 @@ class Trainer:
             state = self.state_dict()
             atomic_save(state, self.ckpt_path)
             if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
-                atomic_save(state, self.run_dir / f"checkpoint_{self.step:07d}.pt")
+                atomic_save(state, self.run_dir / kept_name(self.step))
         dist.barrier()
+
+    def check_finite(self, bad: torch.Tensor, since: int, last_good: int | None,
+                     weights: bool) -> None:
+        """Stop with :class:`TrainingError` if a loss of steps ``since+1 .. self.step`` was NaN or
+        inf (``bad``, accumulated on the device), or, with ``weights``, if any weight or buffer is.
+
+        One host sync (and one all-reduce) for both checks. Called at every log line, and with
+        ``weights`` right before every checkpoint, so none is written from a broken state.
+        """
+        flags = [bad.float()]
+        if weights:
+            tensors = [t for t in self.framework.state_dict().values() if t.is_floating_point()]
+            flags.append(torch.stack([~torch.isfinite(t).all() for t in tensors]).any().float()
+                         if tensors else torch.zeros((), device=self.device))
+        flags_t = dist.all_reduce_mean(torch.stack([f.to(self.device) for f in flags]))
+        loss_bad, weights_bad = (flags_t.tolist() + [0.0])[:2]
+        if not (loss_bad > 0 or weights_bad > 0):
+            return
+        first = since + 1
+        where = f"at step {self.step}" if first >= self.step else f"between steps {first} and {self.step}"
+        what = ("the loss became NaN or inf " + where) if loss_bad > 0 else (
+            f"the weights became NaN or inf by step {self.step} (the losses were still finite)")
+        kept = (f"The last good checkpoint (step {last_good}) is kept at {self.ckpt_path}; no "
+                "checkpoint was written from the broken state." if last_good is not None else
+                "No checkpoint had been written yet, so nothing was saved.")
+        raise TrainingError(f"{what}; stopped. {kept} Lower lr, raise clip_grad or use fp32/bf16.")
 
     # --- one step --------------------------------------------------------------------------
     def batch_for(self, step: int) -> Batch:
@@ -317,6 +464,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         main = dist.is_main()
+        done = self._already_finished()
+        if done is not None:
+            return done
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
@@ -328,7 +478,11 @@ class Trainer:
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._sitting_start, self._eval_seconds = time.perf_counter(), 0.0
         progress = ProgressBar(self.total_steps, self.step, enabled=main, bar=cfg.progress_bar)
-        t0, step0, last_good = time.perf_counter(), self.step, self.step
+        t0, step0 = time.perf_counter(), self.step
+        # the step of the newest checkpoint on disk (None: none yet), and the last step whose loss
+        # was checked: every step after ``checked`` is checked before the next checkpoint
+        last_good: int | None = self.step if self.step > 0 else None
+        checked = self.step
         knn_every = int(round(cfg.knn_every * self.steps_per_epoch)) if cfg.knn_every > 0 else 0
         stop_at = self.total_steps if cfg.max_steps <= 0 else min(self.total_steps, cfg.max_steps)
         local_batch = cfg.batch_size // self.world
@@ -340,14 +494,8 @@ class Trainer:
             window_n += 1
             last = self.step == stop_at
             if self.step % cfg.log_every == 0 or last:
-                if bool(dist.all_reduce_mean(bad.float()) > 0):
-                    first = self.step - window_n + 1
-                    where = f"at step {self.step}" if first == self.step else (
-                        f"between steps {first} and {self.step}")
-                    raise TrainingError(
-                        f"the loss became NaN or inf {where}; stopped. The last good checkpoint "
-                        f"(step {last_good}) is kept at {self.ckpt_path}. "
-                        "Lower lr, raise clip_grad or use fp32/bf16.")
+                self.check_finite(bad, checked, last_good, weights=False)
+                checked = self.step
                 now = time.perf_counter()
                 rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                        "loss": float(dist.all_reduce_mean(loss.float())),
@@ -360,11 +508,16 @@ class Trainer:
                 progress.update(self.step, None)
             if knn_every and self.step % knn_every == 0 and not last:
                 self._evaluate(final=False)
+            saved_now = False
             if self.step % cfg.ckpt_every == 0 or last:
+                self.check_finite(bad, checked, last_good, weights=True)
+                checked = self.step
                 self.save()
-                last_good = self.step
+                last_good, saved_now = self.step, True
             if cfg.time_limit > 0 and time.perf_counter() - t0 > cfg.time_limit * 60 and not last:
-                self.save()
+                if not saved_now:
+                    self.check_finite(bad, checked, last_good, weights=True)
+                    self.save()
                 progress.close()
                 if main:
                     print(f"time limit of {cfg.time_limit} min reached at step {self.step}; "
@@ -376,10 +529,37 @@ class Trainer:
                                   "train_steps_this_run": self.step - step0,
                                   "train_seconds": self.train_seconds + self._sitting_seconds()}
         if self.step >= self.total_steps and cfg.eval_at_end:
+            if step0 == self.step and main:
+                # training had ended, the final evaluation had not (stopped, or failed): evaluate
+                # now, without leaving a second evaluation line for this step
+                self.log.drop(lambda r: "eval" in r and r.get("step") == self.step)
             result.update(self._evaluate(final=True))
+            result["evaluated"] = True
         if main:
             atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2))
         return result
+
+    def _already_finished(self) -> dict[str, Any] | None:
+        """The stored results when this run is finished (trained to the end and, if
+        ``eval_at_end``, evaluated): it is not evaluated again."""
+        if self.step < self.total_steps:
+            return None
+        path = self.run_dir / "results.json"
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(res, dict) or not res.get("finished") or res.get("step") != self.step:
+            return None
+        evaluated = res.get("evaluated") or "knn_top1" in res or "top1" in res
+        if self.cfg.eval_at_end and not evaluated:
+            return None
+        if dist.is_main():
+            print(f"{self.run_dir} is already finished (step {self.step}/{self.total_steps}; results "
+                  f"in {path}); nothing was trained or evaluated. To evaluate it again, with other "
+                  f"settings if you like: simprune eval --ckpt {self.run_dir} [--knn-k K] "
+                  "[--knn-train N] [--knn-test N] [--linear]", flush=True)
+        return {**res, "already_finished": True}
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
         t_eval = time.perf_counter()
