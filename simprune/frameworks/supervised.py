@@ -107,6 +107,14 @@ class Supervised(Framework):
             raise ValueError(f"supervised.label_smoothing must be in [0, 1), got {c.label_smoothing}")
         if c.mixup < 0 or c.cutmix < 0:
             raise ValueError(f"supervised.mixup and cutmix must be >= 0, got {c.mixup}, {c.cutmix}")
+        from simprune.dist import world_size
+
+        local = cfg.batch_size // max(1, world_size())
+        if (c.mixup > 0 or c.cutmix > 0) and local < 2:
+            # Batch 1 itself learns (cross-entropy needs no other sample); only the mixing is void.
+            raise ValueError(f"supervised.mixup/cutmix mix each image with another one of its batch; "
+                             f"with {local} image per process an image is mixed with itself and "
+                             "nothing changes: use batch_size >= 2 per process, or set them to 0")
 
     @classmethod
     def build(cls, cfg, data: DataInfo) -> Supervised:  # noqa: ANN001 - TrainConfig
