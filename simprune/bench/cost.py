@@ -70,7 +70,9 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``simprune bench cost``."""
     parser.add_argument("--framework", default=None, help="a registered framework (default dino)")
     parser.add_argument("--model", default=None, help="registered ViT (default deit_small_patch16_224)")
-    parser.add_argument("--methods", nargs="+", default=["simprune", "evit", "tome"])
+    parser.add_argument("--methods", nargs="+", default=["simprune", "evit", "tome"],
+                        help="reducers, each optionally with options: name:key=value,key=value (e.g. "
+                             "attn_topk:attn_keep=0.3,attn_form=sparse, Tri-Level's attention level)")
     parser.add_argument("--keep-rates", type=float, nargs="+", default=[0.9, 0.8, 0.7])
     parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 8)")
     parser.add_argument("--global-size", type=int, default=None, help="(default: the model's size)")
@@ -325,7 +327,7 @@ def run_cost(args: argparse.Namespace) -> int:
             return run_mim_cost(args, cfg, pick_device(args.device), out_dir(args))
         if args.repeats < 1 or args.warmup < 0:
             raise ValueError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
-        if not args.methods or DENSE in args.methods:
+        if not args.methods or DENSE in [m.partition(":")[0] for m in args.methods]:
             raise ValueError("--methods: give reducer names (dense is always measured)")
         for m in args.methods:
             for k in args.keep_rates:

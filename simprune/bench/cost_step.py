@@ -63,7 +63,11 @@ class Variant:
 
     @property
     def method(self) -> str:
-        return self.cfg.reducer.method
+        """The reducer, with its options as ``--methods`` takes them (``attn_topk:attn_keep=0.3``)."""
+        rc = self.cfg.reducer
+        if rc.method == DENSE or not rc.options:
+            return rc.method
+        return rc.method + ":" + ",".join(f"{k}={v}" for k, v in sorted(rc.options.items()))
 
     @property
     def keep_rate(self) -> float:
@@ -155,13 +159,38 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"attn_topk:attn_keep=0.3,attn_form=sparse"`` -> ``("attn_topk", {"attn_keep": 0.3, ...})``:
+    a reducer name, optionally with reducer options (values are Python literals where they parse)."""
+    import ast
+
+    name, _, rest = spec.partition(":")
+    options: dict = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"method {spec!r}: options are key=value pairs separated by commas, "
+                             "e.g. attn_topk:attn_keep=0.3,attn_form=sparse")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def with_method(cfg: TrainConfig, method: str, keep_rate: float | None = None) -> TrainConfig:
-    """``cfg`` with another reduction method at ``keep_rate`` and no keep-rate warm-up."""
-    over: dict = {"reducer.method": method}
-    if method != DENSE:  # the reduction points survive a dense config's dataclass, not its dict
+    """``cfg`` with another reduction method at ``keep_rate`` and no keep-rate warm-up. ``method``
+    may carry reducer options: ``attn_topk:attn_keep=0.3`` (:func:`parse_method`)."""
+    name, options = parse_method(method)
+    over: dict = {"reducer.method": name}
+    if name != DENSE:  # the reduction points survive a dense config's dataclass, not its dict
         over.update({"reducer.keep_rate": float(keep_rate if keep_rate is not None else 1.0),
                      "reducer.keep_warmup": [0.0, 0.0],
                      "reducer.reduce_at": list(cfg.reducer.reduce_at)})
+        if options:
+            over["reducer.options"] = options
+    elif options:
+        raise ValueError(f"method {method!r}: dense takes no options")
     return make_config(cfg.to_dict(), over)
 
 

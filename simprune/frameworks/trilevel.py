@@ -94,6 +94,8 @@ def trilevel_forward(model: VisionTransformer, images: Tensor, plan: Any, t: flo
     ra = attn_keep_at(plan, t)
     if isinstance(reducer, AttnTopKReducer) and ra != reducer.attn_keep:
         reducer = reducer.with_attn_keep(ra)
+    if rate >= 1.0 and ra >= 1.0:
+        reducer = None  # nothing to select at this progress (warm-up): no CLS attention computed
     need = set(reducer.needs) if reducer is not None else set()
     if var_block is not None:
         need.add("cls_attn")

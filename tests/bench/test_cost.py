@@ -126,6 +126,26 @@ def test_supervised_runs(tmp_path, capsys):
     assert 0.5 < res["rows"][1]["flops_ratio"] < 1.0
 
 
+def test_trilevel_token_and_attention_levels(tmp_path, capsys):
+    """Tri-Level's token level, attention level alone (keep 1) in both forms, and both together:
+    the attention level's masked form costs dense FLOPs plus the selector, the sparse form fewer."""
+    out = tmp_path / "tri"
+    methods = ["attn_topk", "attn_topk:attn_keep=0.3", "attn_topk:attn_keep=0.3,attn_form=sparse"]
+    argv = [*TINY, "--framework", "trilevel", "--methods", *methods, "--keep-rates", "1.0", "0.8",
+            "--json", "--no-plot", "--out", str(out)]
+    assert main(argv) == 0
+    rows = {(r["method"], r["keep_rate"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    masked, sparse = "attn_topk:attn_keep=0.3", "attn_topk:attn_form=sparse,attn_keep=0.3"
+    assert set(rows) == {("dense", 1.0), *((m, k) for m in ("attn_topk", masked, sparse)
+                                           for k in (1.0, 0.8))}
+    assert rows[("attn_topk", 1.0)]["flops_ratio"] == 1.0  # keep 1, no attention level: dense
+    assert rows[(masked, 1.0)]["flops_ratio"] > 1.0  # the selector's q·kᵀ, nothing saved
+    assert rows[(sparse, 1.0)]["flops_ratio"] < 1.0
+    assert rows[(sparse, 0.8)]["flops_ratio"] < rows[("attn_topk", 0.8)]["flops_ratio"] < 1.0
+    assert main([*TINY, "--methods", "attn_topk:attn_keep", "--out", str(tmp_path / "bad")]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra", [
     ["--methods", "nonsense"],
     ["--methods", "evit", "--keep-rates", "1.5"],
