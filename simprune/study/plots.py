@@ -45,7 +45,9 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     rates = {r.keep_rate for r in rows if r.keep_rate is not None}
     shared_rate = rates.pop() if len(rates) == 1 else None
     plotted = False
-    for ax, key, label in ((axes[0], "knn", "k-NN top-1 (%)"), (axes[1], "linear", "linear top-1 (%)")):
+    test = any(getattr(r, "metric", "knn") == "test" for r in rows)
+    first = "test top-1 (%)" if test else "k-NN top-1 (%)"  # a classifier's study (supervised)
+    for ax, key, label in ((axes[0], "knn", first), (axes[1], "linear", "linear top-1 (%)")):
         for i, method in enumerate(methods):
             pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate, r.seeds_finished) for r in rows
                          if r.method == method and r.flops_pct is not None and getattr(r, key))

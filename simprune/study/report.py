@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from simprune.study.flops import flops_percent
 from simprune.study.plots import write_plot
-from simprune.study.results import CellResult, read_cell
+from simprune.study.results import CellResult, read_cell, top1_metric, top1_of
 from simprune.train.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,11 +35,11 @@ REPORT_FILES = (RESULTS_CSV, CELLS_CSV, RESULTS_MD, PLOT_PNG)
 CSV_COLUMNS = [
     "method", "reducer", "keep_rate", "seeds_finished", "seeds_planned", "knn_top1_mean",
     "knn_top1_std", "linear_top1_mean", "linear_top1_std", "flops_pct_of_dense",
-    "time_pct_of_dense", "train_seconds_mean",
+    "time_pct_of_dense", "train_seconds_mean", "test_top1_mean", "test_top1_std",
 ]
 CELL_COLUMNS = [
     "method", "reducer", "keep_rate", "seed", "state", "step", "total_steps", "knn_top1", "knn_top5",
-    "linear_top1", "train_seconds", "folder",
+    "linear_top1", "train_seconds", "folder", "top1",
 ]
 
 
@@ -57,6 +57,7 @@ class Row:
     flops_pct: float | None
     train_seconds: float | None
     time_pct: float | None = None
+    metric: str = "knn"  # knn: ``knn`` holds k-NN top-1; test: the classifier's test top-1
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
@@ -75,12 +76,14 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
     rows = []
     for (method, rate), members in groups.items():
         done = [m for m in members if m.finished]
-        knn = [float(m.metrics["knn_top1"]) for m in done]
+        knn = [float(top1_of(m.metrics)) for m in done]  # k-NN, or test top-1 of a classifier
+        metric = "test" if any(top1_metric(m.metrics) == "test" for m in done) else "knn"
         lin = [float(m.metrics["linear_top1"]) for m in done if "linear_top1" in m.metrics]
         secs = [float(m.metrics["train_seconds"]) for m in done if "train_seconds" in m.metrics]
         cfg = members[0].cell.config
         rows.append(Row(method, cfg.reducer.method, rate, len(members), len(done), mean_std(knn),
-                        mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None))
+                        mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None,
+                        metric=metric))
     dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds), None)
     for r in rows:
         if dense is not None and r.train_seconds is not None:
@@ -100,11 +103,12 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         for r in rows:
-            knn, lin = r.knn or (None, None), r.linear or (None, None)
+            top, lin = r.knn or (None, None), r.linear or (None, None)
+            knn, test = (top, (None, None)) if r.metric == "knn" else ((None, None), top)
             w.writerow([r.method, r.reducer, _num(1.0 if r.keep_rate is None else r.keep_rate, 3),
                         r.seeds_finished, r.seeds_planned, _num(knn[0]), _num(knn[1]), _num(lin[0]),
                         _num(lin[1]), _num(r.flops_pct, 3), _num(r.time_pct, 2),
-                        _num(r.train_seconds, 2)])
+                        _num(r.train_seconds, 2), _num(test[0]), _num(test[1])])
 
 
 def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
@@ -118,7 +122,7 @@ def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
                         c.seed, r.state, "" if r.step is None else r.step,
                         "" if r.total_steps is None else r.total_steps, _num(m.get("knn_top1")),
                         _num(m.get("knn_top5")), _num(m.get("linear_top1")),
-                        _num(m.get("train_seconds"), 2), str(c.folder)])
+                        _num(m.get("train_seconds"), 2), str(c.folder), _num(m.get("top1"))])
 
 
 def _pm(stat: tuple[float, float] | None) -> str:
@@ -129,11 +133,16 @@ def _pm(stat: tuple[float, float] | None) -> str:
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| Method | Keep rate | k-NN top-1 (%) | Linear top-1 (%) | Training FLOPs (% of dense) "
+    test = any(r.metric == "test" for r in rows) and not any(r.metric == "knn" and r.knn for r in rows)
+    top1 = "Test top-1 (%)" if test else "k-NN top-1 (%)"
+    lines = [f"| Method | Keep rate | {top1} | Linear top-1 (%) | Training FLOPs (% of dense) "
              "| Training time (% of dense) | Seeds finished |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        rate = "1 (dense)" if r.keep_rate is None else f"{r.keep_rate:g}"
+        # a run without token pruning that is not the dense reference (e.g. a sample filter's
+        # cell, which trains on fewer examples): no keep rate of its own to show
+        dense = r.flops_pct is None or abs(r.flops_pct - 100.0) < 1e-6
+        rate = ("1 (dense)" if dense else "—") if r.keep_rate is None else f"{r.keep_rate:g}"
         flops = "—" if r.flops_pct is None else f"{r.flops_pct:.1f}"
         time_ = "—" if r.time_pct is None else f"{r.time_pct:.1f}"
         lines.append(f"| {r.method} | {rate} | {_pm(r.knn)} | {_pm(r.linear)} | {flops} | {time_} "
@@ -169,7 +178,8 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               "- Training FLOPs: counted on one real training step of each cell's config "
               "(`simprune.bench.flops`: student forward + backward, teacher forward, heads, matrix "
               "work of reducers and matching), as % of the same step dense; averaged over training "
-              "when a keep-rate warm-up is set.",
+              "when a keep-rate warm-up is set; times the steps per epoch of a sample filter's subset "
+              "(Tri-Level's example level) over those of the whole training set.",
               "- Training time: mean `train_seconds` of the cell's finished seeds over that of dense, "
               "summed over sittings, on the machine(s) that ran them. Wall time on a shared machine "
               "is noisy: read it as indicative; `simprune bench micro` measures interleaved ratios."]

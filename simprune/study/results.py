@@ -42,9 +42,23 @@ def read_results(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def top1_of(results: dict[str, Any] | None) -> float | None:
+    """A cell's top-1 (%): k-NN (``knn_top1``, SSL frameworks) or, for a framework that evaluates
+    its own classifier (supervised, trilevel), test top-1 (``top1``); ``None`` when neither."""
+    if not results:
+        return None
+    value = results.get("knn_top1", results.get("top1"))
+    return None if value is None else float(value)
+
+
+def top1_metric(results: dict[str, Any] | None) -> str:
+    """``knn`` or ``test``: which top-1 :func:`top1_of` reads."""
+    return "test" if results and "knn_top1" not in results and "top1" in results else "knn"
+
+
 def is_finished(results: dict[str, Any] | None) -> bool:
-    """A finished cell: ``results.json`` says finished and holds the final k-NN accuracy."""
-    return bool(results and results.get("finished") and "knn_top1" in results)
+    """A finished cell: ``results.json`` says finished and holds the final top-1 (:func:`top1_of`)."""
+    return bool(results and results.get("finished") and top1_of(results) is not None)
 
 
 def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
@@ -70,4 +84,5 @@ def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
     return CellResult(cell, "not started")
 
 
-__all__ = ["ERROR_NAME", "CellResult", "is_finished", "read_cell", "read_results"]
+__all__ = ["ERROR_NAME", "CellResult", "is_finished", "read_cell", "read_results", "top1_metric",
+           "top1_of"]

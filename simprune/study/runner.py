@@ -23,7 +23,7 @@ from simprune.atomic import atomic_write_text
 from simprune.study.args import command_line
 from simprune.study.locks import release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
-from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results
+from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
 from simprune.train.config import incompatible
 
 #: the log of every sitting (command, start, wall time, cells trained), in the out folder
@@ -60,7 +60,8 @@ def skip_finished(cell: Cell, head: str, counts: dict[str, float], log) -> bool:
         return False
     counts["skipped"] += 1
     counts["finished"] += 1
-    log(f"{head}: finished, skipped (k-NN top-1 {res['knn_top1']:.2f}%)")
+    what = "k-NN" if top1_metric(res) == "knn" else "test"
+    log(f"{head}: finished, skipped ({what} top-1 {top1_of(res):.2f}%)")
     return True
 
 
@@ -158,7 +159,7 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
             counts["trained"] += 1
             if error_file.exists() and is_main():
                 error_file.unlink()
-            if result.get("finished") and "knn_top1" in result:
+            if result.get("finished") and top1_of(result) is not None:
                 counts["finished"] += 1
     finally:
         dist.cleanup()
