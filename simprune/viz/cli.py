@@ -7,6 +7,9 @@
   method, one figure with a row per checkpoint, sorted by step, each at its own training
   progress ``step / total_steps`` (SimPrune's window moves with it).
 - No checkpoint: fresh random weights from ``--config`` / ``--set`` (quick looks).
+- ``simprune viz diversity``: PCAE's Figure 3a instead, the token diversity layer by layer with
+  mean-similarity, random and no dropping, for fresh weights and every ``--ckpt``
+  (:mod:`simprune.viz.diversity`).
 
 Every figure shows the same two global views (fixed by ``--seed``) of one image: ``--image-index``
 of the run's data set split, or ``--image FILE``. PNGs go to ``--out`` (default ``<run>/viz/``,
@@ -32,6 +35,9 @@ BRANCHES = ("student", "teacher", "pair")
 
 def add_viz_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``simprune viz``."""
+    p.add_argument("figure", nargs="?", choices=("masks", "diversity"), default="masks",
+                   help="masks (default): the kept patches; diversity: PCAE Fig. 3a, token "
+                        "diversity per layer (mean-sim / random / no dropping)")
     p.add_argument("--ckpt", action="extend", nargs="+", default=[], metavar="RUN_OR_CKPT",
                    help="run folder or checkpoint file; several (or a folder with several "
                         "checkpoint*.pt) give the across-training figure. None: fresh weights")
@@ -53,6 +59,12 @@ def add_viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="config keys for fresh weights, e.g. model=deit_tiny_patch16_224 global_size=224")
     p.add_argument("--out", default=None, help="output folder (default <run>/viz, or ./viz)")
+    p.add_argument("--n-images", type=int, default=512, help="diversity: images of --split (512)")
+    p.add_argument("--drop-at", type=int, nargs="+", default=[1, 5, 9],
+                   help="diversity: blocks after whose attention tokens are dropped (1 5 9)")
+    p.add_argument("--keep", type=float, default=0.5, help="diversity: share kept at each (0.5)")
+    p.add_argument("--score", choices=("paper", "normalized"), default="paper",
+                   help="diversity: the mean-similarity score (paper's, or the reference code's)")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -106,6 +118,13 @@ def _write(fig_fn, traces: list[PruningTrace], path: Path, **kwargs) -> Path:
 
 def run_viz(args: argparse.Namespace) -> int:
     """Make the figures; prints each path written. Returns 0."""
+    if getattr(args, "figure", "masks") == "diversity":
+        from simprune.viz.diversity import run_diversity
+
+        if args.n_images < 1 or not 0.0 < args.keep <= 1.0:
+            raise ValueError(f"--n-images must be >= 1 and --keep in (0, 1], got {args.n_images}, "
+                             f"{args.keep}")
+        return run_diversity(args)
     from simprune.viz.figure import plot_methods, plot_training
     from simprune.viz.runs import base_method, framework_from_run, fresh_framework, load_runs, unique_steps
     from simprune.viz.trace import display_augment, trace_pruning
