@@ -382,6 +382,13 @@ def _section_of(key: str) -> str:
     return key.rpartition(".")[0]
 
 
+def _alias_target(key: str, framework: str, table: dict[str, str]) -> str:
+    """The dotted key a flat alias stands for (``*.`` aliases: the running framework's section);
+    other keys unchanged."""
+    target = table.get(key, key)
+    return f"{framework}.{target[2:]}" if target.startswith("*.") else target
+
+
 def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]:
     """Flat aliases -> dotted keys, unknown keys -> an error listing where keys live."""
     table = aliases()
@@ -392,10 +399,7 @@ def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]
             out[k] = v
             continue
         if k in table:
-            target = table[k]
-            if target.startswith("*."):
-                target = f"{framework}.{target[2:]}"
-            out[target] = v
+            out[_alias_target(k, framework, table)] = v
             continue
         section, _, leaf = k.rpartition(".")
         if section in sections and leaf in {f.name for f in fields(sections[section])}:
@@ -582,9 +586,7 @@ def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
     keep: dict[str, Any] = {}
     method = saved.get("method", ReducerConfig.method)
     for k, v in saved.items():
-        target = table.get(k, k)
-        if target.startswith("*."):
-            target = f"{framework}.{target[2:]}"
+        target = _alias_target(k, framework, table)
         section = _section_of(target)
         if section and section not in ("reducer", "teacher", framework):
             continue  # the other framework's keys, which the flat config always held
