@@ -51,6 +51,8 @@ def test_shipped_recipes_load(recipe):
     assert study.cells[0].config.reducer.method == "dense" and study.cells[0].keep_rate is None
     assert all(c.config.linear_probe for c in study.cells)
     for cell in study.cells[len(study.seeds):]:
+        if cell.keep_rate is None:  # a grid of other settings (MAE/PCAE: tests/study/test_mim_study.py)
+            continue
         assert cell.keep_rate in study.keep_rates and 60.0 < flops_percent(cell.config) < 95.0
     head = recipe.read_text().splitlines()[:3]
     assert any(f"simprune study --config studies/{recipe.name}" in line for line in head)
