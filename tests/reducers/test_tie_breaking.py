@@ -92,3 +92,18 @@ def test_top_positions_partly_equal_3d():
     attn = torch.tensor([[[0.1, 0.3, 0.3, 0.3], [0.4, 0.4, 0.1, 0.1]]])
     assert top_positions(attn, 2).tolist() == [[[1, 2], [0, 1]]]
     assert top_positions(attn, 3).tolist() == [[[1, 2, 3], [0, 1, 2]]]
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 12, 16])
+def test_top_mask_keeps_the_stable_sort_set(k):
+    """The connection selector's sort-free top-k keeps the same set as a stable descending sort,
+    ties at the cut lowest position first (integer scores: many ties)."""
+    from simprune.reducers.attn_topk import top_mask
+
+    scores = torch.randint(0, 4, (3, 7, 16), generator=torch.Generator().manual_seed(k)).float()
+    mask = top_mask(scores, k)
+    assert mask.sum(-1).eq(k).all()
+    want = torch.zeros_like(mask)
+    if k:
+        want.scatter_(-1, top_positions(scores, k), True)
+    assert torch.equal(mask, want)
