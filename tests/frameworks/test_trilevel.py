@@ -209,3 +209,25 @@ def test_run_resumed_right_after_a_round_matches_one_run(data_root, tmp_path):
             assert torch.equal(end["stats"][key], ref["stats"][key]), key
         for k, v in one.framework.state_dict().items():
             assert torch.equal(v, resumed.framework.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("form", ["masked", "sparse"])
+def test_a_step_reads_nothing_back_to_the_host(monkeypatch, form):
+    """All three levels on, in the warm-up: forward and backward with every tensor-to-host read
+    disabled (the example level's statistics are device work too: tests/train/filters)."""
+    torch.manual_seed(0)
+    cfg = _config(**{"reducer.method": "attn_topk", "reducer.keep_rate": 0.8,
+                     "reducer.keep_warmup": [0.1, 0.5], "trilevel.example": "forgetting",
+                     "reducer.options": {"attn_keep": 0.3, "attn_form": form}})
+    fw = build_framework(cfg)
+    batch = _batch(cfg, fw)
+
+    def boom(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("a host read in the step")
+
+    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    out = fw(batch, Progress(30, 100, 10))
+    out.loss.backward()
+    monkeypatch.undo()
+    assert set(out.extras) == {"correct", "cls_attn_var"} and out.logs["attn_keep"] < 1.0

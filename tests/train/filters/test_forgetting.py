@@ -211,3 +211,21 @@ def test_two_processes_see_one_subset(tmp_path):
             assert torch.equal(other["before_round"]["stats"][key], value), key
     assert int(r0["before_round"]["stats"]["presented"].sum()) == 2 * 6 * 8  # 2 epochs of 6 batches
     assert r0["subsets"][0] != r0["subsets"][-1]  # the rounds changed the subset
+
+
+def test_observe_reads_nothing_back_to_the_host(monkeypatch):
+    """The per-step update is device work only: with every tensor-to-host read disabled, a step is
+    still recorded (a round, which sorts on the host once, is not a step)."""
+    f = make(n=40, keep=0.5, remove=0.1)
+    rows = f.active[:8]
+    f.observe(*step_io(rows, [1] * 8, step=0))  # the first step fixes the round plan (host floats)
+    b, o, p = step_io(rows, [0, 1] * 4, [0.5] * 8, step=1)
+
+    def boom(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("a host read in observe")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    f.observe(b, o, p)
+    monkeypatch.undo()
+    assert f.forgets[f._slot[rows]].tolist() == [1, 0] * 4 and int(f.presented.sum()) == 16
