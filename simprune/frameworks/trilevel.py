@@ -21,8 +21,8 @@ same head, loss, augmentation and evaluation; its ``[supervised]`` keys live in 
   driver, this framework's driver calls the selector at a point whose K equals N.
 
 Table 3's ablation is one setting per level on a dense base: ``--trilevel.example forgetting``;
-``--reducer.method attn_topk`` (with ``keep_rate``); ``--reducer.method attn_topk
---reducer.keep-rate 1 --reducer.options "{attn_keep = 0.3}"`` (see docs/method.md).
+``--method attn_topk --keep-rate 0.8``; ``--method attn_topk --keep-rate 1 --reducer.options
+'{"attn_keep": 0.3}'`` (JSON on the command line; studies/trilevel_cpu.toml has every row).
 """
 
 from __future__ import annotations
