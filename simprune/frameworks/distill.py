@@ -11,7 +11,8 @@
   ``head = "mlp"`` for Linear-GELU-Linear.
 - **Loss** (:mod:`simprune.losses.kd`): ``cls`` or ``all`` (CLS + the retained patch tokens, each
   against the teacher token at its original position; a fused token left out; a merged token
-  against the mean of its sources), with ``1 − cos`` (default), ``mse`` or ``smooth_l1``.
+  against the mean of its sources), with ``1 − cos`` (default), ``mse`` or ``smooth_l1``, against
+  the teacher's final-norm features (``target_norm = "batch"``: standardised per channel first).
 - **Evaluation**: k-NN (and the linear probe with ``linear_probe``) on the student's CLS
   features, by default with the student's reduction plan at its final keep rate
   (``eval_reduced``), as the pruned student will be used; ``simprune finetune --ckpt RUN`` then
@@ -39,7 +40,7 @@ from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.drive import forward_reduced
 from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Framework, Progress, StepOutput
 from simprune.frameworks.parts import build_backbone, build_plans
-from simprune.losses.kd import DISTANCES, LOSSES, kd_per_sample
+from simprune.losses.kd import DISTANCES, LOSSES, TARGET_NORMS, kd_per_sample, standardize
 from simprune.models.vit import VisionTransformer
 
 HEADS = ("linear", "mlp")
@@ -54,6 +55,10 @@ class DistillConfig:
         distance: ``cos`` (``1 − cos``), ``mse`` or ``smooth_l1``.
         token_weight: weight of the token term in ``all`` (``cls + token_weight · tokens``).
         smooth_l1_beta: smooth-L1's threshold (``distance = "smooth_l1"``).
+        target_norm: ``none`` (the teacher's final-norm features, as METHOD.md pins) or ``batch``
+            (each channel standardised with the batch's mean and std: the CLS token over the
+            images, the patch tokens over images and positions; removes the direction all final
+            features share).
         head: projection from the student's width to the teacher's: ``linear`` or ``mlp``.
         head_hidden: the MLP's hidden width (0: the teacher's width).
         shared_head: one projection for the CLS and the patch tokens (``all``).
@@ -69,6 +74,7 @@ class DistillConfig:
     distance: str = "cos"
     token_weight: float = 1.0
     smooth_l1_beta: float = 1.0
+    target_norm: str = "none"
     head: str = "linear"
     head_hidden: int = 0
     shared_head: bool = False
@@ -173,6 +179,14 @@ class Distill(Framework):
                              f"{c.head_hidden}")
         if not c.smooth_l1_beta > 0:
             raise ValueError(f"distill.smooth_l1_beta must be > 0, got {c.smooth_l1_beta}")
+        if c.target_norm not in TARGET_NORMS:
+            raise ValueError(f"distill.target_norm must be one of {', '.join(TARGET_NORMS)}, got "
+                             f"{c.target_norm!r}")
+        from simprune.dist import world_size
+
+        if c.target_norm == "batch" and cfg.batch_size // max(1, world_size()) < 2:
+            raise ValueError("distill.target_norm = 'batch' standardises the teacher's CLS features "
+                             "over the images of a batch: use batch_size >= 2 per process")
         if c.random_teacher:
             return
         if not cfg.teacher.path:
@@ -216,15 +230,18 @@ class Distill(Framework):
         teacher.eval()
         with torch.no_grad():
             t = teacher.forward_features(x)  # [B, 1 + N0, Dt], dense
+            t_cls, t_patches = t.x[:, 0], t.patches
+            if c.target_norm == "batch":
+                t_cls, t_patches = standardize(t_cls, (0,)), standardize(t_patches, (0, 1))
         keep = self.plan.keep_rate(progress.t)
         out = forward_reduced(self.student["backbone"], x, self.plan.reducer, keep)
         s = out.state
         pred_cls = self.student["cls_head"](s.x[:, 0])
         if c.loss == "all":
-            parts = kd_per_sample(pred_cls, t.x[:, 0], self.token_head(s.patches), t.patches, s.ids,
+            parts = kd_per_sample(pred_cls, t_cls, self.token_head(s.patches), t_patches, s.ids,
                                   s.source, c.distance, c.token_weight, c.smooth_l1_beta)
         else:
-            parts = kd_per_sample(pred_cls, t.x[:, 0], kind=c.distance, beta=c.smooth_l1_beta)
+            parts = kd_per_sample(pred_cls, t_cls, kind=c.distance, beta=c.smooth_l1_beta)
         per = parts["total"]
         logs: dict[str, Tensor | float] = {"keep_rate": keep, "kd_cls": parts["cls"].detach().mean()}
         if "tokens" in parts:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 DISTANCES = ("cos", "mse", "smooth_l1")
 LOSSES = ("cls", "all")
+TARGET_NORMS = ("none", "batch")
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
@@ -55,6 +56,20 @@ def distance(pred: Tensor, target: Tensor, kind: str = "cos", beta: float = 1.0)
     if not beta > 0:
         raise ValueError(f"smooth_l1 beta must be > 0, got {beta}")
     return F.smooth_l1_loss(p, t, reduction="none", beta=beta).mean(dim=-1)
+
+
+def standardize(x: Tensor, dims: tuple[int, ...], eps: float = 1e-6) -> Tensor:
+    """Each channel (the last dimension) of ``x`` minus its mean over ``dims``, over its standard
+    deviation there (biased): ``(x − μ) / sqrt(σ² + eps)``.
+
+    Distillation targets with ``target_norm = "batch"``: a ViT's final-norm features share one
+    large direction (CLS features of different images can have a mean cosine above 0.99), which
+    ``1 − cos`` against the raw features mostly rewards; standardising removes it.
+    """
+    x = _at_least_fp32(x)
+    mean = x.mean(dim=dims, keepdim=True)
+    var = x.var(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / (var + eps).sqrt()
 
 
 def align_to_student(teacher_patches: Tensor, ids: Tensor, source: Tensor) -> tuple[Tensor, Tensor, Tensor]:

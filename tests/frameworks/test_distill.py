@@ -65,19 +65,29 @@ def step(fw, cfg, seed: int = 0, b: int = 3):
     return out, views.globals[0]
 
 
-def ref_per_sample(fw, x, kind: str, loss: str):
-    """The loss per image from loops in float64 over the student's and the teacher's own tokens."""
+def ref_per_sample(fw, x, kind: str, loss: str, norm: str = "none"):
+    """The loss per image from loops in float64 over the student's and the teacher's own tokens
+    (``norm = "batch"``: each teacher channel standardised by a loop over the batch first)."""
     with torch.no_grad():
         s = forward_reduced(fw.student["backbone"], x, fw.plan.reducer, fw.plan.keep_rate(1.0)).state
         t = fw.teacher["backbone"].forward_features(x)
         p_cls = fw.student["cls_head"](s.x[:, 0]).double()
         p_tok = fw.token_head(s.patches).double()
     t_cls, t_tok = t.x[:, 0].double(), t.patches.double()
+    if norm == "batch":
+        def z(v):  # v: [M, D] -> each column minus its mean, over its (biased) std
+            mu = v.mean(0)
+            return (v - mu) / ((v - mu).pow(2).mean(0) + 1e-6).sqrt()
+        t_cls = z(t_cls)
+        t_tok = z(t_tok.reshape(-1, t_tok.shape[-1])).reshape(t_tok.shape)
 
     def dist(p, q):
         if kind == "cos":
             return 1 - float(p @ q) / max(float(p.norm() * q.norm()), 1e-8)
-        return float(((p - q) ** 2).mean())
+        u = (p - q).abs()
+        if kind == "smooth_l1":  # beta 1
+            return float(torch.where(u < 1, u * u / 2, u - 0.5).mean())
+        return float((u * u).mean())
 
     per, held_sizes = [], []
     for b in range(x.shape[0]):
@@ -98,10 +108,11 @@ def ref_per_sample(fw, x, kind: str, loss: str):
     return per, held_sizes, s
 
 
-@pytest.mark.parametrize("method,kind,loss", [("evit", "cos", "all"), ("tome", "mse", "all"),
-                                              ("evit", "cos", "cls"), ("dense", "cos", "all")])
-def test_the_step_loss_equals_the_re_derivation(teacher_file, method, kind, loss):
-    over = {"kd_distance": kind, "kd_loss": loss}
+@pytest.mark.parametrize("method,kind,loss,norm", [
+    ("evit", "cos", "all", "none"), ("tome", "mse", "all", "none"), ("evit", "cos", "cls", "none"),
+    ("dense", "cos", "all", "none"), ("evit", "cos", "all", "batch"), ("tome", "smooth_l1", "all", "batch")])
+def test_the_step_loss_equals_the_re_derivation(teacher_file, method, kind, loss, norm):
+    over = {"kd_distance": kind, "kd_loss": loss, "kd_target_norm": norm}
     if method != "dense":
         over.update({"method": method, "keep_rate": 0.5})
     cfg = distill_config(teacher_file, **over)
@@ -110,7 +121,7 @@ def test_the_step_loss_equals_the_re_derivation(teacher_file, method, kind, loss
     fw = build_framework(cfg).train()
     assert fw.teacher.training is False and fw.teacher["backbone"].training is False
     out, x = step(fw, cfg)
-    want, sizes, s = ref_per_sample(fw, x, kind, loss)
+    want, sizes, s = ref_per_sample(fw, x, kind, loss, norm)
     assert out.per_sample.tolist() == pytest.approx(want, abs=1e-5)
     assert float(out.loss.detach()) == pytest.approx(sum(want) / len(want), abs=1e-5)
     assert len(out.points) == 3  # one record per reduction point (dense: nothing reduced)
@@ -175,11 +186,14 @@ def test_what_cannot_work_is_refused(teacher_file, tmp_path):
     with pytest.raises(ValueError, match=r"\[dino\]"):
         distill_config(teacher_file, out_dim=8)
     for key, value, needle in [("kd_loss", "tokens", "distill.loss"), ("kd_head", "conv", "distill.head"),
-                               ("kd_distance", "l1", "distill.distance"), ("kd_smooth_l1_beta", 0.0, "beta")]:
+                               ("kd_distance", "l1", "distill.distance"), ("kd_smooth_l1_beta", 0.0, "beta"),
+                               ("kd_target_norm", "layer", "distill.target_norm")]:
         with pytest.raises(ValueError, match=needle):
             check_config(distill_config(teacher_file, **{key: value}))
     with pytest.raises(ValueError, match="pair reducer"):
         check_config(distill_config(teacher_file, method="simprune"))
+    with pytest.raises(ValueError, match="batch_size >= 2"):
+        check_config(distill_config(teacher_file, kd_target_norm="batch", batch_size=1))
 
 
 def test_heads_and_a_random_teacher_for_cost_counting(teacher_file, capsys, monkeypatch):

@@ -22,6 +22,7 @@ from simprune.losses.kd import (
     distance,
     kd_loss,
     kd_per_sample,
+    standardize,
     token_distill_per_sample,
 )
 from simprune.models import create_model
@@ -196,3 +197,19 @@ def test_errors_name_the_shapes_and_the_choices():
                          torch.zeros(1, 64, dtype=torch.long))
     with pytest.raises(ValueError, match="beta"):
         distance(torch.ones(2), torch.zeros(2), "smooth_l1", beta=0.0)
+
+
+def test_standardize_per_channel_over_the_given_dimensions():
+    g = torch.Generator().manual_seed(5)
+    x = 3 + 2 * torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    got = standardize(x, (0, 1), eps=0.0)
+    for d in range(5):
+        vals = [float(x[a, b, d]) for a in range(3) for b in range(4)]
+        mu = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals))
+        for a in range(3):
+            for b in range(4):
+                assert float(got[a, b, d]) == pytest.approx((float(x[a, b, d]) - mu) / sd, abs=1e-12)
+    cls = standardize(x[:, 0], (0,))
+    assert cls.mean(0).abs().max() < 1e-12 and torch.allclose(cls.std(0, unbiased=False),
+                                                              torch.ones(5, dtype=torch.float64))
