@@ -320,7 +320,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fw_cls = FRAMEWORKS.get(str(given.get("framework", over.get("framework"))))
     if "mask_ratio" in over and not hasattr(fw_cls.Config, "mask_ratio"):
         raise ValueError(f"--mask-ratio: framework {fw_cls.__name__} masks nothing (MAE and PCAE do)")
-    takes = getattr(fw_cls, "takes_reducer", True)
+    takes = fw_cls.reducers != ()
     if takes and not any(k in given or k in reducer for k in ("method", "reducer.method")) \
             and "method" not in reducer:
         over["reducer.method"] = "simprune"

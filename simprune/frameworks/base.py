@@ -118,6 +118,21 @@ class Framework(nn.Module):
     needs_labels: ClassVar[bool] = False
     #: whether the reducer may be a pair reducer (needs two branches compared in the loss)
     pair_reducers: ClassVar[bool] = False
+    #: the reducers ``[reducer] method`` may name besides ``dense`` (``None``: every registered
+    #: one, pair reducers only with ``pair_reducers``; ``()``: dense only, e.g. MAE, whose
+    #: reduction is its masking)
+    reducers: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def accepts_reducer(cls, method: str) -> bool:
+        """Whether ``[reducer] method`` may be ``method`` in this framework."""
+        if method == DENSE:
+            return True
+        if cls.reducers is not None:
+            return method in cls.reducers
+        from simprune.reducers import REDUCERS
+
+        return method in REDUCERS and (cls.pair_reducers or not REDUCERS.get(method).is_pair)
 
     student: nn.ModuleDict
 
@@ -132,11 +147,15 @@ class Framework(nn.Module):
         if cfg.teacher.kind not in cls.teachers:
             raise ValueError(f"framework {cfg.framework!r} takes teacher kind "
                              f"{' or '.join(repr(k) for k in cls.teachers)}, got {cfg.teacher.kind!r}")
-        if not cls.pair_reducers and cfg.reducer.method != DENSE:
+        method = cfg.reducer.method
+        if cls.reducers is not None and not cls.accepts_reducer(method):
+            allowed = " or ".join(repr(m) for m in (DENSE, *cls.reducers))
+            raise ValueError(f"framework {cfg.framework!r} takes reducer.method {allowed}, got {method!r}")
+        if not cls.pair_reducers and method != DENSE:
             from simprune.reducers import REDUCERS
 
-            if REDUCERS.get(cfg.reducer.method).is_pair:
-                raise ValueError(f"method {cfg.reducer.method!r} is a pair reducer: it needs two "
+            if method in REDUCERS and REDUCERS.get(method).is_pair:
+                raise ValueError(f"method {method!r} is a pair reducer: it needs two "
                                  f"branches compared in the loss, which framework {cfg.framework!r} "
                                  "does not have; choose a one-branch reducer")
 

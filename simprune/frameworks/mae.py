@@ -73,8 +73,8 @@ class MAEConfig:
 class MaskedAutoencoder(Framework):
     """What MAE and PCAE share: masking at point 0, the student encoder and the decoder."""
 
-    #: the encoder's only reduction is masking; ``bench flops`` leaves ``[reducer]`` dense
-    takes_reducer: ClassVar[bool] = False
+    #: the encoder's only reduction is masking; ``[reducer]`` stays dense
+    reducers: ClassVar[tuple[str, ...] | None] = ()
 
     def __init__(self, backbone: VisionTransformer, decoder: MAEDecoder, mask_ratio: float,
                  seed: int = 0, eval_pool: str = "mean") -> None:
@@ -87,11 +87,11 @@ class MaskedAutoencoder(Framework):
 
     @classmethod
     def check(cls, cfg) -> None:  # noqa: ANN001 - TrainConfig
-        super().check(cfg)
-        if cfg.reducer.method != DENSE:
+        if cfg.reducer.method != DENSE:  # before the base's generic refusal: say why
             raise ValueError(f"framework {cfg.framework!r} masks its encoder's input at point 0 and "
                              f"reduces no other tokens: remove the [reducer] section (method "
                              f"{cfg.reducer.method!r})")
+        super().check(cfg)
         c = cfg.fw
         check_mask_ratio(c.mask_ratio, f"{cfg.framework}.mask_ratio")
         for key in ("decoder_depth", "decoder_dim", "decoder_heads"):

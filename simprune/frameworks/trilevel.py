@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from simprune.drive.single import Reduced, finish, record
-from simprune.frameworks.base import DENSE, FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
+from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
 from simprune.frameworks.supervised import Supervised, SupervisedConfig, pool_tokens
 from simprune.models.vit import VisionTransformer
 from simprune.reducers.attn_topk import AttnTopKReducer
@@ -48,7 +48,6 @@ from simprune.train.filters.forgetting import (
 )
 
 EXAMPLE_MODES = ("off", *MODES)
-TOKEN_REDUCERS = (DENSE, "attn_topk")
 
 
 @dataclass
@@ -122,6 +121,8 @@ class Trilevel(Supervised):
     """Supervised classification with Tri-Level E-ViT's example, token and attention levels."""
 
     Config: ClassVar[type] = TrilevelConfig
+    #: the token level; other reducers train with framework ``supervised``
+    reducers: ClassVar[tuple[str, ...] | None] = ("attn_topk",)
 
     def __init__(self, backbone, num_classes: int, plan, cfg: TrilevelConfig) -> None:  # noqa: ANN001
         super().__init__(backbone, num_classes, plan, cfg)
@@ -140,10 +141,6 @@ class Trilevel(Supervised):
     def check(cls, cfg) -> None:  # noqa: ANN001
         super().check(cfg)
         c: TrilevelConfig = cfg.fw
-        if cfg.reducer.method not in TOKEN_REDUCERS:
-            raise ValueError(f"framework 'trilevel' prunes tokens with 'attn_topk' (or 'dense'), got "
-                             f"reducer.method {cfg.reducer.method!r}; for other reducers use framework "
-                             "'supervised'")
         if cfg.reducer.method == "attn_topk":
             from simprune.reducers import create_reducer
 

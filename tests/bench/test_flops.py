@@ -44,11 +44,8 @@ def pairings() -> list[tuple[str, str]]:
     out = []
     for fw in FRAMEWORKS.names():
         for method in [DENSE, *REDUCERS.names()]:
-            if method != DENSE and REDUCERS.get(method).is_pair and not FRAMEWORKS.get(fw).pair_reducers:
-                continue
-            if method != DENSE and not getattr(FRAMEWORKS.get(fw), "takes_reducer", True):
-                continue  # MAE, PCAE: masking is their encoder's reduction
-            out.append((fw, method))
+            if FRAMEWORKS.get(fw).accepts_reducer(method):
+                out.append((fw, method))
     return out
 
 
@@ -200,7 +197,7 @@ def test_cli_table_and_options(capsys):
     assert "step (fwd + bwd)" in out and "(block 3): student 64->51" in out and "local 16->" in out
 
 
-@pytest.mark.parametrize("argv,needle", [(("--method", "nope"), "unknown reducer"),
+@pytest.mark.parametrize("argv,needle", [(("--method", "nope"), "unknown reduction method 'nope'; known: dense"),
                                          (("--model", "nope"), "unknown model"),
                                          (("--framework", "nope"), "unknown framework"),
                                          (("--keep-rate", "1.5"), "keep"),
