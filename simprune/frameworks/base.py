@@ -17,7 +17,7 @@ Register a new framework with ``@FRAMEWORKS.register("name")`` on a subclass of
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -114,6 +114,9 @@ class Framework(nn.Module):
     eval_protocol: ClassVar[str] = "knn"
     #: the branch whose backbone evaluation reads by default
     eval_branch: ClassVar[str] = "student"
+    #: the ``knn`` protocol's features: the final ``cls`` token or the ``mean`` of the patch tokens
+    #: (MAE, PCAE: their losses never train the CLS token); instances may set it from their config
+    eval_pool: str = "cls"
     #: whether training needs class labels
     needs_labels: ClassVar[bool] = False
     #: whether the reducer may be a pair reducer (needs two branches compared in the loss)
@@ -183,6 +186,12 @@ class Framework(nn.Module):
         from simprune.train.optim import param_groups
 
         return param_groups(self.trainable())
+
+    def eval_features(self, branch: str | None = None) -> Callable[[Tensor], Tensor] | None:
+        """A framework's own evaluation forward, ``images [B, C, H, W] -> [B, D]`` features, for the
+        ``knn`` protocol (distill: the student with its reduction plan); ``None``: the unreduced
+        backbone of ``branch`` pooled by :attr:`eval_pool`."""
+        return None
 
     def before_optimizer_step(self, progress: Progress) -> None:
         """After backward and clipping, before the optimiser step (DINO freezes its last layer)."""

@@ -1,4 +1,5 @@
-"""Evaluate a backbone's frozen CLS features: weighted k-NN and a linear probe."""
+"""Evaluation protocols: weighted k-NN and a linear probe on frozen features (CLS or patch mean),
+or a classifier's top-1/top-5."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def cls_features(backbone: VisionTransformer, dataset: Any, indices: torch.Tenso
                  pool: str = "cls",
                  features: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  progress: str | None = None) -> tuple:
-    """``[n, D]`` final-norm CLS features of ``dataset[indices]`` (unreduced forward, or
-    ``features(images)`` when given); a progress bar named ``progress`` when given."""
+    """``[n, D]`` final-norm features (``pool``: CLS or patch mean) of ``dataset[indices]``
+    (unreduced forward, or ``features(images)`` when given); a progress bar named ``progress``
+    when given."""
     was_training = backbone.training
     backbone.eval()
     transform = EvalTransform(size, *stats).to(device)
@@ -91,19 +93,18 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
 
 def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: Any,
                  device: torch.device, final: bool = True, branch: str | None = None) -> dict[str, Any]:
-    """SSL evaluation: weighted k-NN (and a linear probe at the end when asked) on the frozen CLS
-    features of the framework's evaluation backbone."""
+    """SSL evaluation: weighted k-NN (and a linear probe at the end when asked) on the frozen
+    features of the framework's evaluation backbone (CLS or patch mean: ``framework.eval_pool``;
+    or the framework's own ``eval_features``)."""
     branch = branch or framework.eval_branch
-    # a framework may read its features through its own forward (distill: the pruned student)
-    features_of = getattr(framework, "eval_features", None)
-    features = features_of(branch) if features_of is not None else None
+    features = framework.eval_features(branch)  # None: the backbone, pooled by eval_pool
     res = evaluate(framework.eval_backbone(branch), train_set, test_set, cfg.dataset, data.num_classes,
                    device, cfg.knn_train, cfg.knn_test, cfg.knn_k, cfg.knn_temperature,
                    linear=cfg.linear_probe and final, seed=cfg.seed, size=cfg.global_size,
-                   progress=bool(cfg.progress_bar), pool=getattr(framework, "eval_pool", "cls"),
+                   progress=bool(cfg.progress_bar), pool=framework.eval_pool,
                    features=features)
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
-    what = "patch mean" if getattr(framework, "eval_pool", "cls") == "mean" else "CLS"
+    what = "patch mean" if framework.eval_pool == "mean" else "CLS"
     res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} {what}, "
                       f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']})"
                       + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))

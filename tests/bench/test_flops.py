@@ -197,7 +197,7 @@ def test_cli_table_and_options(capsys):
     assert "step (fwd + bwd)" in out and "(block 3): student 64->51" in out and "local 16->" in out
 
 
-@pytest.mark.parametrize("argv,needle", [(("--method", "nope"), "unknown reduction method 'nope'; known: dense"),
+@pytest.mark.parametrize("argv,needle", [(("--method", "nope"), "method 'nope'; known: dense"),
                                          (("--model", "nope"), "unknown model"),
                                          (("--framework", "nope"), "unknown framework"),
                                          (("--keep-rate", "1.5"), "keep"),
