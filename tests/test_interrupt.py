@@ -44,6 +44,7 @@ def test_no_handler_outside_the_main_thread():
 def test_deferred_signal_acts_when_the_block_ends():
     """Inside ``interrupts_deferred`` a SIGTERM waits; it raises ``Terminated`` once the block is done."""
     done = []
+    sigint_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background
     with pytest.raises(Terminated), sigterm_interrupts():
         with interrupts_deferred():
             os.kill(os.getpid(), signal.SIGTERM)
@@ -51,15 +52,20 @@ def test_deferred_signal_acts_when_the_block_ends():
             done.append("block finished")
         done.append("not reached")
     assert done == ["block finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is sigint_before
 
 
 def test_deferred_ctrl_c_becomes_keyboard_interrupt_after_the_block():
     done = []
-    with pytest.raises(KeyboardInterrupt) as info:
-        with interrupts_deferred():
-            signal.raise_signal(signal.SIGINT)
-            done.append("block finished")
+    # Python's own Ctrl-C handler, also when pytest was started in the background (SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGINT)
+                done.append("block finished")
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert done == ["block finished"] and not isinstance(info.value, Terminated)
 
 
