@@ -76,7 +76,9 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if plotted:
-        axes[1].legend(fontsize=8, loc="best")
+        labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+        if labelled:  # the last panel with labelled points (a study may fill only one metric)
+            labelled[-1].legend(fontsize=8, loc="best")
     else:
         for ax in axes:
             ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
