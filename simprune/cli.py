@@ -116,34 +116,16 @@ def run_finetune(args: argparse.Namespace) -> int:
     unless overridden; recipe and flags as for ``train``."""
     from pathlib import Path
 
-    from simprune.train.config import load_recipe, make_config
+    from simprune.train.config import load_recipe
+    from simprune.train.finetune import finetune_config, run_config
     from simprune.train.loop import train
 
-    base: dict[str, Any] = {}
     src = Path(args.ckpt)
-    ckpt = src / "checkpoint.pt" if src.is_dir() else src
-    if ckpt.suffix == ".pt":
-        from simprune.train.checkpoint import load_checkpoint
-
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"no checkpoint at {str(ckpt)!r}; pass a run folder, "
-                                    "checkpoint.pt or .safetensors file")
-        run_cfg = load_checkpoint(ckpt).get("config", {})
-        for key in ("model", "patch_size", "embed_dim", "depth", "num_heads", "global_size",
-                    "load_size", "dataset", "pos_embed", "data", "test_split"):
-            if key in run_cfg:
-                base[key] = run_cfg[key]
-    elif not ckpt.is_file():
-        raise FileNotFoundError(f"no weights at {str(ckpt)!r}")
-    if args.config:
-        base.update(load_recipe(args.config))
+    pretrained = run_config(src)
+    recipe = load_recipe(args.config) if args.config else None
     overrides = train_overrides(args)
-    overrides["framework"] = "supervised"
-    overrides["supervised.init_from"] = str(args.ckpt)
-    if args.branch:
-        overrides["supervised.init_branch"] = args.branch
     overrides.setdefault("out", str(Path("runs") / f"finetune_{src.resolve().name}"))
-    cfg = make_config(base, overrides)
+    cfg = finetune_config(pretrained, args.ckpt, recipe, overrides, branch=args.branch)
     result = train(cfg)
     _print_final(result, cfg.out)
     return 0

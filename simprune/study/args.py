@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
+#: what a sitting runs: both phases (default), the cells' training only, or only the fine-tuning
+#: of finished cells (e.g. a second sitting beside one that trains)
+PHASES = ("all", "train", "finetune")
 DESCRIPTION = "accuracy study: a grid of training runs (method × keep rate × seed) and its report"
 
 
@@ -18,6 +21,10 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
                    help="config override for every cell, e.g. --set data=../shared/data epochs=0.3")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MIN",
                    help="minutes for this whole sitting; cells stop with checkpoints, rerun to continue")
+    p.add_argument("--phase", choices=PHASES, default="all",
+                   help="all: train each cell, then fine-tune it if the study has [finetune]; train: "
+                   "training only; finetune: fine-tune finished cells only (e.g. a second sitting "
+                   "beside one that trains)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; train nothing")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the existing cell folders; train nothing")
@@ -36,7 +43,9 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--set", *args.set]
     if args.time_limit:
         parts += ["--time-limit", f"{args.time_limit:g}"]
+    if getattr(args, "phase", "all") != "all":
+        parts += ["--phase", args.phase]
     return " ".join(shlex.quote(p) for p in parts)
 
 
-__all__ = ["DESCRIPTION", "add_study_args", "command_line"]
+__all__ = ["DESCRIPTION", "PHASES", "add_study_args", "command_line"]

@@ -28,7 +28,8 @@ LABEL_OFFSETS = ((4, 4), (4, -10), (-22, 4), (-22, -10))
 
 
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
-    """k-NN and linear top-1 against training FLOPs % of dense, one marker and colour per method,
+    """k-NN and linear top-1 (and fine-tuning top-1 for a study that fine-tunes) against training
+    FLOPs % of dense, one marker and colour per method,
     error bars = std over seeds, each point labelled with its keep rate (in the title instead when
     the study has only one). Points with fewer finished seeds than the best-covered one are drawn
     hollow and labelled with their seed count."""
@@ -37,7 +38,9 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    tuned = any(getattr(r, "finetune_planned", False) for r in rows)
+    panels = 3 if tuned else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), constrained_layout=True)
     colours = plt.get_cmap("tab10").colors
     methods = list(dict.fromkeys(r.method for r in rows))
     most = max((r.seeds_finished for r in rows), default=0)
@@ -47,9 +50,13 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     plotted = False
     test = any(getattr(r, "metric", "knn") == "test" for r in rows)
     first = "test top-1 (%)" if test else "k-NN top-1 (%)"  # a classifier's study (supervised)
-    for ax, key, label in ((axes[0], "knn", first), (axes[1], "linear", "linear top-1 (%)")):
+    metrics = [(axes[0], "knn", first), (axes[1], "linear", "linear top-1 (%)")]
+    if tuned:
+        metrics.append((axes[2], "finetune", "fine-tune top-1 (%)"))
+    for ax, key, label in metrics:
         for i, method in enumerate(methods):
-            pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate, r.seeds_finished) for r in rows
+            pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate,
+                          r.finetuned if key == "finetune" else r.seeds_finished) for r in rows
                          if r.method == method and r.flops_pct is not None and getattr(r, key))
             if not pts:
                 continue

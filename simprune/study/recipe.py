@@ -18,10 +18,17 @@ A study recipe names a base training recipe and a grid::
     method = "simprune"
     window = "sliding"
     # keep_rates = [0.9]                             # optional, this method's own keep rates
+    # finetune = {method = "evit", keep_rate = 0.5}  # optional, this method's fine-tuning keys
+    [finetune]                                       # optional: fine-tune every finished cell
+    recipe = "configs/cifar10_mim_finetune.toml"     # a fine-tuning recipe (optional)
+    epochs = 3                                       # and config keys over it
 
 Every cell is method × keep rate × seed; a dense method runs once, not per keep rate. Its config is
 the base recipe, then ``[overrides]``, then the method's keys, then ``--set``, with the keys the
-study owns (:data:`STUDY_OWNED`) set per cell. Every cell's config is built and checked by
+study owns (:data:`STUDY_OWNED`) set per cell. With a ``[finetune]`` table, each cell also has a
+fine-tuning run (:mod:`simprune.train.finetune`: supervised, from the cell's backbone, in
+``<cell>/finetune``, same seed): the cell's model and data, then the fine-tuning recipe, the table's
+keys and the method's ``finetune`` keys. Every cell's configs are built and checked by
 :func:`load_study` before anything runs.
 """
 
@@ -43,6 +50,7 @@ from simprune.train.config import (
     tomllib,
     valid_keys,
 )
+from simprune.train.finetune import finetune_config
 
 STUDY_KEYS = {
     "name": "study name (default: the file's stem)",
@@ -53,8 +61,15 @@ STUDY_KEYS = {
     "keep_rates": "keep rates of the non-dense methods",
     "seeds": "seeds (default [0])",
     "out": "output folder (default runs/study/<name>)",
+    "finetune": "table: fine-tune every finished cell; recipe = a fine-tuning recipe, plus config keys",
 }
-METHOD_KEYS = ("name", "keep_rates")
+METHOD_KEYS = ("name", "keep_rates", "finetune")
+#: the fine-tuning run of a cell lives in this sub-folder of the cell's
+FINETUNE_DIR = "finetune"
+#: set by the study for every fine-tuning run
+FINETUNE_OWNED = {"seed": "the cell's seed", "out": "<cell>/finetune", "time_limit": "--time-limit",
+                  "framework": "always supervised", "init_from": "the cell's folder",
+                  "supervised.init_from": "the cell's folder"}
 #: set by the study itself for every cell, never by a recipe or --set
 STUDY_OWNED = {"seed": "seeds / --seeds", "out": "out / --out", "keep_rate": "keep_rates",
                "reducer.keep_rate": "keep_rates",
@@ -71,10 +86,15 @@ class Cell:
     keep_rate: float | None  # None: dense, runs once
     seed: int
     config: TrainConfig
+    finetune: TrainConfig | None = None  # the fine-tuning run from this cell's backbone, if any
 
     @property
     def folder(self) -> Path:
         return Path(self.config.out)
+
+    @property
+    def finetune_folder(self) -> Path | None:
+        return None if self.finetune is None else Path(self.finetune.out)
 
     @property
     def label(self) -> str:
@@ -91,6 +111,10 @@ class Study:
     keep_rates: list[float]
     out: Path
     cells: list[Cell]
+    finetune_recipe: Path | None = None  # the [finetune] table's recipe, if it names one
+    finetune_keys: dict[str, Any] | None = None  # the [finetune] table's keys; None: no fine-tuning
+
+
 def slugify(text: str) -> str:
     slug = re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.")
     if not slug:
@@ -98,14 +122,14 @@ def slugify(text: str) -> str:
     return slug
 
 
-def resolve_base(base: str, study_path: Path) -> Path:
-    """The base recipe: absolute, else relative to the study file, the cwd, then the repo."""
+def resolve_base(base: str, study_path: Path, what: str = "base recipe") -> Path:
+    """A recipe a study names: absolute, else relative to the study file, the cwd, then the repo."""
     p = Path(base)
     tried = [p] if p.is_absolute() else [study_path.parent / p, Path.cwd() / p, REPO / p]
     for cand in tried:
         if cand.is_file():
             return Path(os.path.normpath(cand))
-    raise FileNotFoundError(f"base recipe {base!r} not found; tried {', '.join(str(t) for t in tried)}")
+    raise FileNotFoundError(f"{what} {base!r} not found; tried {', '.join(str(t) for t in tried)}")
 
 
 def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
@@ -117,6 +141,33 @@ def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = ()) -> N
     if owned:
         raise ValueError(f"{where}: {owned} are set by the study; use "
                          + "; ".join(f"{k}: {STUDY_OWNED[k]}" for k in owned))
+
+
+def _check_finetune_keys(where: str, keys: Sequence[str]) -> None:
+    unknown = sorted(set(keys) - set(valid_keys()) - set(aliases()))
+    if unknown:
+        raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: recipe (in [finetune]), "
+                         f"{', '.join(valid_keys())}")
+    owned = sorted(set(keys) & set(FINETUNE_OWNED))
+    if owned:
+        raise ValueError(f"{where}: {owned} are set by the study for fine-tuning; "
+                         + "; ".join(f"{k}: {FINETUNE_OWNED[k]}" for k in owned))
+
+
+def _finetune_table(spec: dict[str, Any], path: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The ``[finetune]`` table: its recipe's path (or ``None``) and its config keys; ``(None,
+    None)`` when the study fine-tunes nothing."""
+    if "finetune" not in spec:
+        return None, None
+    table = spec["finetune"]
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: 'finetune' must be a table ([finetune]), got {table!r}")
+    keys = flatten({k: v for k, v in table.items() if k != "recipe"})
+    _check_finetune_keys(f"{path} [finetune]", list(keys))
+    recipe = table.get("recipe")
+    if recipe is not None and not isinstance(recipe, str):
+        raise ValueError(f"{path} [finetune]: recipe must be a path (string), got {recipe!r}")
+    return (resolve_base(recipe, path, "fine-tuning recipe") if recipe else None), keys
 
 
 def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
@@ -170,6 +221,8 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must differ, got {seeds}")
     out_dir = Path(out or spec.get("out") or Path("runs") / "study" / name)
+    ft_path, ft_keys = _finetune_table(spec, path)
+    ft_recipe = load_recipe(ft_path) if ft_path else {}
     sets = dict(sets or {})
     cells: list[Cell] = []
     slugs: dict[str, str] = {}
@@ -178,6 +231,13 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
             raise ValueError(f"{path}: methods[{i}] must be a table with a string 'name', got {entry!r}")
         where = f"{path} method {entry['name']!r}"
         m_over = {k: v for k, v in entry.items() if k not in METHOD_KEYS}
+        m_ft = entry.get("finetune", {})
+        if not isinstance(m_ft, dict):
+            raise ValueError(f"{where}: 'finetune' must be a table of config keys, got {m_ft!r}")
+        m_ft = flatten(m_ft)
+        if m_ft and ft_keys is None:
+            raise ValueError(f"{where}: has fine-tuning keys but the study has no [finetune] table")
+        _check_finetune_keys(f"{where} finetune", list(m_ft))
         rates = _rates(entry["keep_rates"], where) if "keep_rates" in entry else keep_rates
         if "keep_rate" in m_over:  # one fixed rate for this method
             rates = _rates(m_over.pop("keep_rate"), where)
@@ -210,10 +270,19 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
                 except (ValueError, KeyError) as err:
                     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
                     raise ValueError(f"{where}: {msg}") from err
-                cells.append(Cell(entry["name"], cell_slug, rate, seed, cfg))
+                ft = None
+                if ft_keys is not None:
+                    ft_over = {**ft_keys, **m_ft, "seed": seed, "out": str(Path(cfg.out) / FINETUNE_DIR)}
+                    try:
+                        ft = finetune_config(cfg.to_dict(), cfg.out, ft_recipe, ft_over)
+                        check_config(ft)
+                    except (ValueError, KeyError) as err:
+                        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+                        raise ValueError(f"{where} (fine-tuning): {msg}") from err
+                cells.append(Cell(entry["name"], cell_slug, rate, seed, cfg, ft))
     return Study(name, path, base_path, str(spec.get("description", "")), seeds, keep_rates, out_dir,
-                 cells)
+                 cells, ft_path, ft_keys)
 
 
-__all__ = ["METHOD_KEYS", "STUDY_KEYS", "STUDY_OWNED", "Cell", "Study", "load_study", "parse_sets",
-           "resolve_base", "slugify"]
+__all__ = ["FINETUNE_DIR", "FINETUNE_OWNED", "METHOD_KEYS", "STUDY_KEYS", "STUDY_OWNED", "Cell",
+           "Study", "load_study", "parse_sets", "resolve_base", "slugify"]

@@ -5,7 +5,8 @@ seconds, :mod:`simprune.study.results`) and from the analytic FLOPs model applie
 config (:mod:`simprune.study.flops`). Files written into the study's out folder:
 
 - ``results.csv``: one row per method × keep rate — mean and sample std over the finished seeds of
-  k-NN and linear top-1, training FLOPs and time as % of dense, seeds finished.
+  k-NN and linear top-1 (and of fine-tuning top-1, for a study with ``[finetune]``), training FLOPs
+  and time as % of dense, seeds finished.
 - ``cells.csv``: one row per cell (method × keep rate × seed) with its own figures and state.
 - ``results.md``: the table in Markdown, the command, seeds, wall time and unfinished cells.
 - ``tradeoff.png``: accuracy (k-NN and linear) against training FLOPs % of dense
@@ -36,10 +37,11 @@ CSV_COLUMNS = [
     "method", "reducer", "keep_rate", "seeds_finished", "seeds_planned", "knn_top1_mean",
     "knn_top1_std", "linear_top1_mean", "linear_top1_std", "flops_pct_of_dense",
     "time_pct_of_dense", "train_seconds_mean", "test_top1_mean", "test_top1_std",
+    "finetune_top1_mean", "finetune_top1_std", "finetunes_finished",
 ]
 CELL_COLUMNS = [
     "method", "reducer", "keep_rate", "seed", "state", "step", "total_steps", "knn_top1", "knn_top5",
-    "linear_top1", "train_seconds", "folder", "top1",
+    "linear_top1", "train_seconds", "folder", "top1", "finetune_state", "finetune_top1",
 ]
 
 
@@ -58,6 +60,9 @@ class Row:
     train_seconds: float | None
     time_pct: float | None = None
     metric: str = "knn"  # knn: ``knn`` holds k-NN top-1; test: the classifier's test top-1
+    finetune: tuple[float, float] | None = None  # fine-tuning test top-1 (mean, std)
+    finetuned: int = 0  # seeds whose fine-tuning finished
+    finetune_planned: bool = False  # the study fine-tunes this row's cells
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
@@ -80,10 +85,13 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
         metric = "test" if any(top1_metric(m.metrics) == "test" for m in done) else "knn"
         lin = [float(m.metrics["linear_top1"]) for m in done if "linear_top1" in m.metrics]
         secs = [float(m.metrics["train_seconds"]) for m in done if "train_seconds" in m.metrics]
+        tuned = [m.finetune for m in done if m.finetune is not None and m.finetune.finished]
+        ft = [float(top1_of(t.metrics)) for t in tuned]
         cfg = members[0].cell.config
         rows.append(Row(method, cfg.reducer.method, rate, len(members), len(done), mean_std(knn),
                         mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None,
-                        metric=metric))
+                        metric=metric, finetune=mean_std(ft), finetuned=len(ft),
+                        finetune_planned=members[0].cell.finetune is not None))
     dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds), None)
     for r in rows:
         if dense is not None and r.train_seconds is not None:
@@ -105,10 +113,12 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
         for r in rows:
             top, lin = r.knn or (None, None), r.linear or (None, None)
             knn, test = (top, (None, None)) if r.metric == "knn" else ((None, None), top)
+            ft = r.finetune or (None, None)
             w.writerow([r.method, r.reducer, _num(1.0 if r.keep_rate is None else r.keep_rate, 3),
                         r.seeds_finished, r.seeds_planned, _num(knn[0]), _num(knn[1]), _num(lin[0]),
                         _num(lin[1]), _num(r.flops_pct, 3), _num(r.time_pct, 2),
-                        _num(r.train_seconds, 2), _num(test[0]), _num(test[1])])
+                        _num(r.train_seconds, 2), _num(test[0]), _num(test[1]), _num(ft[0]),
+                        _num(ft[1]), r.finetuned if r.finetune_planned else ""])
 
 
 def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
@@ -118,11 +128,14 @@ def write_cells_csv(results: Sequence[CellResult], path: Path) -> None:
         for r in results:
             c, m = r.cell, r.metrics
             rate = 1.0 if c.keep_rate is None else c.keep_rate
+            ft = r.finetune
+            ft_top1 = top1_of(ft.metrics) if ft is not None and ft.finished else None
             w.writerow([c.method, c.config.reducer.method, _num(rate, 3),
                         c.seed, r.state, "" if r.step is None else r.step,
                         "" if r.total_steps is None else r.total_steps, _num(m.get("knn_top1")),
                         _num(m.get("knn_top5")), _num(m.get("linear_top1")),
-                        _num(m.get("train_seconds"), 2), str(c.folder), _num(m.get("top1"))])
+                        _num(m.get("train_seconds"), 2), str(c.folder), _num(m.get("top1")),
+                        "" if ft is None else ft.state, _num(ft_top1)])
 
 
 def _pm(stat: tuple[float, float] | None) -> str:
@@ -135,9 +148,12 @@ def _pm(stat: tuple[float, float] | None) -> str:
 def markdown_table(rows: Sequence[Row]) -> str:
     test = any(r.metric == "test" for r in rows) and not any(r.metric == "knn" and r.knn for r in rows)
     top1 = "Test top-1 (%)" if test else "k-NN top-1 (%)"
-    lines = [f"| Method | Keep rate | {top1} | Linear top-1 (%) | Training FLOPs (% of dense) "
-             "| Training time (% of dense) | Seeds finished |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    tuned = any(r.finetune_planned for r in rows)
+    ft_head, ft_rule = (" Fine-tune top-1 (%) |", " ---: |") if tuned else ("", "")
+    ft_done = " Fine-tuned |" if tuned else ""
+    lines = [f"| Method | Keep rate | {top1} | Linear top-1 (%) |{ft_head} Training FLOPs (% of dense) "
+             f"| Training time (% of dense) | Seeds finished |{ft_done}",
+             f"| --- | ---: | ---: | ---: |{ft_rule} ---: | ---: | ---: |{ft_rule}"]
     for r in rows:
         # a run without token pruning that is not the dense reference (e.g. a sample filter's
         # cell, which trains on fewer examples): no keep rate of its own to show
@@ -145,8 +161,10 @@ def markdown_table(rows: Sequence[Row]) -> str:
         rate = ("1 (dense)" if dense else "—") if r.keep_rate is None else f"{r.keep_rate:g}"
         flops = "—" if r.flops_pct is None else f"{r.flops_pct:.1f}"
         time_ = "—" if r.time_pct is None else f"{r.time_pct:.1f}"
-        lines.append(f"| {r.method} | {rate} | {_pm(r.knn)} | {_pm(r.linear)} | {flops} | {time_} "
-                     f"| {r.seeds_finished}/{r.seeds_planned} |")
+        ft = f" {_pm(r.finetune)} |" if tuned else ""
+        done = f" {r.finetuned}/{r.seeds_planned} |" if tuned else ""
+        lines.append(f"| {r.method} | {rate} | {_pm(r.knn)} | {_pm(r.linear)} |{ft} {flops} | {time_} "
+                     f"| {r.seeds_finished}/{r.seeds_planned} |{done}")
     return "\n".join(lines)
 
 
@@ -183,7 +201,20 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               "- Training time: mean `train_seconds` of the cell's finished seeds over that of dense, "
               "summed over sittings, on the machine(s) that ran them. Wall time on a shared machine "
               "is noisy: read it as indicative; `simprune bench micro` measures interleaved ratios."]
+    tuned = [r for r in results if r.cell.finetune is not None]
+    if tuned:
+        ft = tuned[0].cell.finetune
+        recipe = f"`{study.finetune_recipe}`" if study.finetune_recipe else "the defaults"
+        keys = ", ".join(f"{k} = {v!r}" for k, v in (study.finetune_keys or {}).items())
+        lines.append(f"- Fine-tuning: every finished cell, from its backbone (same seed, in "
+                     f"`<cell>/finetune`), supervised on {ft.dataset} labels with {recipe}"
+                     f"{' and ' + keys if keys else ''}: {ft.epochs:g} epochs on "
+                     f"{ft.train_subset or 'all'} training images, batch {ft.batch_size}, lr "
+                     f"{ft.lr:g}, {ft.fw.pool} pooling; top-1 of the final epoch on "
+                     f"{ft.knn_test or 'all'} test images (no selection over epochs). Methods may "
+                     "change the fine-tuning keys (e.g. pruning only at fine-tuning time).")
     pending = [r for r in results if not r.finished]
+    unfinished_ft = [r for r in tuned if r.finished and not (r.finetune and r.finetune.finished)]
     if pending:
         lines.append(f"- Unfinished cells ({len(pending)} of {len(results)}; not in the means — run the "
                      "command again to continue):")
@@ -193,6 +224,15 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
             lines.append(f"  - {r.cell.label} seed {r.cell.seed}: {r.state}{where} (`{r.cell.folder}`)")
     else:
         lines.append(f"- All {len(results)} cells finished.")
+    if unfinished_ft:
+        lines.append(f"- Fine-tuning unfinished for {len(unfinished_ft)} finished cell(s) (not in the "
+                     "means — run the command again, or with --phase finetune):")
+        for r in unfinished_ft:
+            f = r.finetune
+            where = "" if f is None or f.step is None else f" at step {f.step}" + (
+                f"/{f.total_steps}" if f.total_steps is not None else "")
+            lines.append(f"  - {r.cell.label} seed {r.cell.seed}: {f.state if f else '?'}{where} "
+                         f"(`{r.cell.finetune_folder}`)")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,6 +1,7 @@
-"""What a study cell's folder says about it: finished (``results.json`` with the final k-NN
-accuracy), stopped (a checkpoint, or ``results.json`` without it), failed (``study_error.json``,
-written by the runner) or not started. Nothing here trains."""
+"""What a study cell's folder says about it (and its ``finetune/`` sub-folder about the
+fine-tuning run): finished (``results.json`` with the final top-1), stopped (a checkpoint, or
+``results.json`` without it), failed (``study_error.json``, written by the runner) or not
+started. Nothing here trains."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class CellResult:
     step: int | None = None
     total_steps: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    finetune: CellResult | None = None  # the cell's fine-tuning run, when the study has one
 
     @property
     def finished(self) -> bool:
@@ -61,18 +63,18 @@ def is_finished(results: dict[str, Any] | None) -> bool:
     return bool(results and results.get("finished") and top1_of(results) is not None)
 
 
-def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
-    """The state of ``cell`` from its folder (``results.json``, else the checkpoint's step)."""
-    res = read_results(cell.folder)
+def read_run(cell: Cell, folder: Path, peek_checkpoint: bool = True) -> CellResult:
+    """The state of the run in ``folder`` (``results.json``, else the checkpoint's step)."""
+    res = read_results(folder)
     if is_finished(res):
         return CellResult(cell, "finished", res.get("step"), res.get("total_steps"), res)
-    error = cell.folder / ERROR_NAME
+    error = folder / ERROR_NAME
     if error.is_file():
         info = json.loads(error.read_text())
         return CellResult(cell, f"failed ({info.get('error', '?')})", info.get("step"))
     if res is not None:
         return CellResult(cell, "stopped", res.get("step"), res.get("total_steps"))
-    ckpt = cell.folder / "checkpoint.pt"
+    ckpt = folder / "checkpoint.pt"
     if ckpt.is_file():
         step = total = None
         if peek_checkpoint:
@@ -84,5 +86,13 @@ def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
     return CellResult(cell, "not started")
 
 
-__all__ = ["ERROR_NAME", "CellResult", "is_finished", "read_cell", "read_results", "top1_metric",
+def read_cell(cell: Cell, peek_checkpoint: bool = True) -> CellResult:
+    """The state of ``cell`` from its folder, and of its fine-tuning run when it has one."""
+    result = read_run(cell, cell.folder, peek_checkpoint)
+    if cell.finetune is not None:
+        result.finetune = read_run(cell, Path(cell.finetune.out), peek_checkpoint)
+    return result
+
+
+__all__ = ["ERROR_NAME", "CellResult", "is_finished", "read_cell", "read_results", "read_run", "top1_metric",
            "top1_of"]

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from simprune.atomic import atomic_write_text
-from simprune.study.args import command_line
+from simprune.study.args import PHASES, command_line
 from simprune.study.locks import release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
-from simprune.train.config import incompatible
+from simprune.train.config import TrainConfig, incompatible
 
 #: the log of every sitting (command, start, wall time, cells trained), in the out folder
 LOG_NAME = "study.json"
@@ -40,28 +40,37 @@ def say(msg: str) -> None:
         print(msg, flush=True)
 
 
-def check_cell_config(cell: Cell) -> None:
-    """A cell folder made with other settings (a changed recipe or --set) would put stale figures
+def check_folder_config(folder: Path, cfg: TrainConfig) -> None:
+    """A run folder made with other settings (a changed recipe or --set) would put stale figures
     in the table or fail on resume: refuse, before anything is trained."""
-    saved = cell.folder / "config.json"
+    saved = folder / "config.json"
     if not saved.is_file():
         return
-    diff = incompatible(json.loads(saved.read_text()), cell.config)
+    diff = incompatible(json.loads(saved.read_text()), cfg)
     if diff:
         lines = "; ".join(f"{k}: cell {a!r} vs study {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(f"{cell.folder} was trained with other settings ({lines}); use another --out "
+        raise ValueError(f"{folder} was trained with other settings ({lines}); use another --out "
                          "for a changed study, or the same settings to continue it")
 
 
-def skip_finished(cell: Cell, head: str, counts: dict[str, float], log) -> bool:
-    """Whether ``cell`` is already finished (then counted and logged as skipped)."""
-    res = read_results(cell.folder)
+def check_cell_config(cell: Cell) -> None:
+    """:func:`check_folder_config` for the cell's training run and its fine-tuning run."""
+    check_folder_config(cell.folder, cell.config)
+    if cell.finetune is not None:
+        check_folder_config(Path(cell.finetune.out), cell.finetune)
+
+
+def skip_finished(folder: Path, head: str, counts: dict[str, float], log, what: str = "",
+                  finished_key: str = "finished") -> bool:
+    """Whether the run in ``folder`` is already finished (then counted in ``skipped`` and
+    ``finished_key``, and logged as skipped)."""
+    res = read_results(folder)
     if not is_finished(res):
         return False
     counts["skipped"] += 1
-    counts["finished"] += 1
-    what = "k-NN" if top1_metric(res) == "knn" else "test"
-    log(f"{head}: finished, skipped ({what} top-1 {top1_of(res):.2f}%)")
+    counts[finished_key] += 1
+    metric = "k-NN" if top1_metric(res) == "knn" else "test"
+    log(f"{head}: {what}finished, skipped ({metric} top-1 {top1_of(res):.2f}%)")
     return True
 
 
@@ -86,81 +95,105 @@ def log_sitting(out: Path, entry: dict[str, Any]) -> None:
     atomic_write_text(out / LOG_NAME, json.dumps(log_data, indent=2))
 
 
-def run_cells(study: Study, time_limit: float = 0.0, log=None,
-              counts: dict[str, float] | None = None) -> dict[str, float]:
-    """Train every unfinished cell in order. Returns (and fills ``counts``, kept even when a cell
-    fails): ``skipped``, ``trained``, ``finished``, ``failed`` cells, ``busy`` (held by another
-    sitting), ``stopped_by_time`` and ``seconds``. A cell whose training fails
-    (:class:`TrainingError`, e.g. a NaN loss) is recorded in ``<cell>/study_error.json`` and the
-    grid goes on; the next sitting tries it again.
+def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float], log,
+             locking: bool, keys: tuple[str, str], start: float, time_limit: float) -> bool:
+    """Train (or resume) the run in ``folder``; ``False`` when the time limit is spent (no
+    further run may start), else ``True``. Counts ``keys`` (the names of runs trained and of
+    those finished), ``failed`` and ``busy``; a failed run is recorded in
+    ``<folder>/study_error.json``."""
+    from simprune.train import loop as train_loop
 
-    With ``time_limit`` (minutes, > 0) each cell gets the minutes left of the sitting as its own
-    ``time_limit``; once the minutes are spent no further cell starts (a cell stopped by the
+    if time_limit > 0:
+        left = time_limit - (time.perf_counter() - start) / 60
+        if left <= 0:
+            counts["stopped_by_time"] = 1
+            log(f"time limit of {time_limit:g} min reached before {head}; run the same command "
+                "to continue")
+            return False
+        cfg = replace(cfg, time_limit=left)
+    if locking:
+        holder = take_lock(folder)
+        if holder is not None:
+            counts["busy"] += 1
+            log(f"{head}: being trained by another sitting (pid {holder.get('pid')} on "
+                f"{holder.get('host')} since {holder.get('started')}), skipped")
+            return True
+        if is_finished(read_results(folder)):  # finished by the sitting we raced?
+            release_lock(folder)
+            return True
+    try:
+        trainer = train_loop.Trainer(cfg)
+    except BaseException:
+        if locking:
+            release_lock(folder)
+        raise
+    state = (f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
+             else f"new, {trainer.total_steps} steps")
+    log(f"{head} ({state})")
+    error_file = folder / ERROR_NAME
+    try:
+        result = trainer.run()
+    except train_loop.TrainingError as err:  # e.g. a NaN loss: record it, go on with the grid
+        counts["failed"] += 1
+        log(f"{head} failed: {err}")
+        if is_main():
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(json.dumps({"error": str(err), "step": trainer.step}, indent=2))
+        return True
+    finally:
+        del trainer
+        if locking:
+            release_lock(folder)
+    counts[keys[0]] += 1
+    if error_file.exists() and is_main():
+        error_file.unlink()
+    if result.get("finished") and top1_of(result) is not None:
+        counts[keys[1]] += 1
+    return True
+
+
+def run_cells(study: Study, time_limit: float = 0.0, log=None,
+              counts: dict[str, float] | None = None, phase: str = "all") -> dict[str, float]:
+    """Train every unfinished cell in order, then (``[finetune]``) fine-tune it once it is
+    finished. Returns (and fills ``counts``, kept even when a cell fails): ``skipped``,
+    ``trained``, ``finished``, ``finetuned``, ``finetuned_finished``, ``failed`` runs, ``busy``
+    (held by another sitting), ``stopped_by_time`` and ``seconds``. A run whose training fails
+    (:class:`TrainingError`, e.g. a NaN loss) is recorded in ``<run>/study_error.json`` and the
+    grid goes on; the next sitting tries it again. ``phase`` (:data:`PHASES`) limits the sitting
+    to training or to fine-tuning.
+
+    With ``time_limit`` (minutes, > 0) each run gets the minutes left of the sitting as its own
+    ``time_limit``; once the minutes are spent no further run starts (a run stopped by the
     limit keeps its checkpoint and resumes next time).
     """
     from simprune import dist
-    from simprune.train import loop as train_loop
 
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     log = log or say
     start = time.perf_counter()
     n = len(study.cells)
     counts = {} if counts is None else counts
-    counts.update(skipped=0, trained=0, finished=0, failed=0, busy=0, stopped_by_time=0)
+    counts.update(skipped=0, trained=0, finished=0, finetuned=0, finetuned_finished=0, failed=0,
+                  busy=0, stopped_by_time=0)
     locking = int(os.environ.get("WORLD_SIZE", "1")) == 1
     for cell in study.cells:
         check_cell_config(cell)
     try:
         for i, cell in enumerate(study.cells, start=1):
             head = f"cell {i}/{n}: {cell.label} seed {cell.seed}"
-            if skip_finished(cell, head, counts, log):
-                continue
-            cfg = cell.config
-            if time_limit > 0:
-                left = time_limit - (time.perf_counter() - start) / 60
-                if left <= 0:
-                    counts["stopped_by_time"] = 1
-                    log(f"time limit of {time_limit:g} min reached before {head}; run the same command "
-                        "to continue")
+            if phase != "finetune" and not skip_finished(cell.folder, head, counts, log):
+                if not _run_one(cell.folder, cell.config, head, counts, log, locking,
+                                ("trained", "finished"), start, time_limit):
                     break
-                cfg = replace(cfg, time_limit=left)
-            if locking:
-                holder = take_lock(cell.folder)
-                if holder is not None:
-                    counts["busy"] += 1
-                    log(f"{head}: being trained by another sitting (pid {holder.get('pid')} on "
-                        f"{holder.get('host')} since {holder.get('started')}), skipped")
-                    continue
-                if skip_finished(cell, head, counts, log):  # finished by the sitting we raced?
-                    release_lock(cell.folder)
-                    continue
-            try:
-                trainer = train_loop.Trainer(cfg)
-            except BaseException:
-                if locking:
-                    release_lock(cell.folder)
-                raise
-            state = (f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
-                     else f"new, {trainer.total_steps} steps")
-            log(f"{head} ({state})")
-            error_file = cell.folder / ERROR_NAME
-            try:
-                result = trainer.run()
-            except train_loop.TrainingError as err:  # e.g. a NaN loss: record it, go on with the grid
-                counts["failed"] += 1
-                log(f"{head} failed: {err}")
-                if is_main():
-                    error_file.parent.mkdir(parents=True, exist_ok=True)
-                    error_file.write_text(json.dumps({"error": str(err), "step": trainer.step}, indent=2))
+            if cell.finetune is None or phase == "train" or not is_finished(read_results(cell.folder)):
                 continue
-            finally:
-                del trainer
-                if locking:
-                    release_lock(cell.folder)
-            counts["trained"] += 1
-            if error_file.exists() and is_main():
-                error_file.unlink()
-            if result.get("finished") and top1_of(result) is not None:
-                counts["finished"] += 1
+            ft_folder = Path(cell.finetune.out)
+            if skip_finished(ft_folder, head, counts, log, "fine-tuning ", "finetuned_finished"):
+                continue
+            if not _run_one(ft_folder, cell.finetune, f"{head} fine-tuning", counts, log, locking,
+                            ("finetuned", "finetuned_finished"), start, time_limit):
+                break
     finally:
         dist.cleanup()
         counts["seconds"] = time.perf_counter() - start
@@ -197,6 +230,11 @@ def dry_run(study: Study, log=None) -> None:
             where += f" — SETTINGS DIFFER, the study will refuse to run: {err}"
         log(f"cell {i}/{len(study.cells)}: {cell.label} seed {cell.seed}: {r.state}{where}; "
             f"{cell.config.framework}/{cell.config.reducer.method}, {flops_txt}; {cell.folder}")
+        if r.finetune is not None:
+            f, ft = r.finetune, cell.finetune
+            at = f" at step {f.step}/{f.total_steps}" if f.step is not None and not f.finished else ""
+            log(f"  fine-tuning: {f.state}{at}; supervised/{ft.reducer.method}, {ft.epochs:g} epochs; "
+                f"{cell.finetune_folder}")
 
 
 def run_study(args: argparse.Namespace) -> int:
@@ -225,7 +263,7 @@ def run_study(args: argparse.Namespace) -> int:
             log_sitting(study.out, entry)
         state = "interrupted"
         try:
-            run_cells(study, args.time_limit, counts=counts)
+            run_cells(study, args.time_limit, counts=counts, phase=args.phase)
             state = "ended"
         except Exception:
             state = "failed"
@@ -234,6 +272,9 @@ def run_study(args: argparse.Namespace) -> int:
             if is_main():
                 entry.update(state=state, wall_seconds=counts.get("seconds", None),
                              cells_trained=counts.get("trained"), cells_finished=counts.get("finished"))
+                if any(c.finetune is not None for c in study.cells):
+                    entry.update(phase=args.phase, finetunes_run=counts.get("finetuned"),
+                                 finetunes_finished=counts.get("finetuned_finished"))
                 log_sitting(study.out, entry)
     if not is_main():
         return 0
@@ -254,4 +295,5 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["LOG_NAME", "check_cell_config", "dry_run", "read_log", "run_cells", "run_study"]
+__all__ = ["LOG_NAME", "PHASES", "check_cell_config", "check_folder_config", "dry_run", "read_log",
+           "run_cells", "run_study"]

@@ -30,6 +30,14 @@ def test_grid_and_equal_steps(study):
         assert cfg.linear_probe and cfg.reducer.method == "dense"
 
 
+def test_every_cell_is_finetuned_with_the_mim_recipe(study):
+    for cell in study.cells:
+        ft = cell.finetune
+        assert ft is not None and ft.framework == "supervised" and ft.fw.init_from == str(cell.folder)
+        assert (ft.fw.pool, ft.epochs, ft.train_subset, ft.seed) == ("mean", 3.0, 10000, cell.seed)
+        assert ft.reducer.method == "dense" and ft.model == cell.config.model
+
+
 def test_flops_are_relative_to_mae_at_075(study):
     got = {(c.method, c.seed): c.config for c in study.cells}
     assert flops_percent(got[("MAE 0.75", 0)]) == 100.0

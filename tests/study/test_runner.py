@@ -151,7 +151,7 @@ def test_side_by_side_sittings_both_logged(tmp_path, monkeypatch):
     recipe = write_study(tmp_path)
     out = tmp_path / "runs" / "log"
 
-    def other_sitting_ends(study, time_limit, counts=None, log=None):
+    def other_sitting_ends(study, time_limit, counts=None, log=None, phase="all"):
         (study.out / "study.json").write_text(json.dumps({"sittings": [{"command": "other"}]}))
         counts.update(trained=0, finished=0, seconds=1.0)
         return counts
@@ -196,7 +196,7 @@ def test_a_sitting_is_logged_when_it_starts_and_completed_when_it_ends(tmp_path,
     out = tmp_path / "runs" / "log"
     seen = []
 
-    def trains(study, time_limit, counts=None, log=None):
+    def trains(study, time_limit, counts=None, log=None, phase="all"):
         seen.extend(json.loads((study.out / "study.json").read_text())["sittings"])
         counts.update(trained=1, finished=0, seconds=2.0)
         return counts
