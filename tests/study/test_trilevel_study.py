@@ -22,7 +22,7 @@ def test_the_study_recipe_has_every_cell():
     assert study.seeds == [0, 1] and len(study.cells) == 12
     got = {(c.method, c.seed): c.config for c in study.cells}
     for cfg in got.values():
-        assert cfg.framework == "trilevel" and cfg.epochs == 50 and cfg.train_subset == 10240
+        assert cfg.framework == "trilevel" and cfg.epochs == 50 and cfg.train_subset == 5120
     dense, example, refresh = got[("Dense", 0)], got[("Example 0.8", 0)], got[("Random refresh 0.8", 1)]
     assert dense.reducer.method == "dense" and dense.fw.example == "off"
     assert example.reducer.method == "dense" and example.fw.example == "forgetting"
@@ -33,7 +33,7 @@ def test_the_study_recipe_has_every_cell():
     assert (tri.reducer.keep_rate, tri.reducer.options["attn_keep"], tri.fw.example) == (
         0.8, 0.3, "forgetting")
     assert tri.reducer.keep_warmup == [0.03, 0.36] == attention.reducer.keep_warmup
-    # the example level: 8192 of 10240 images in batches of 128, every window 5 epochs
+    # the example level: 4096 of 5120 images in batches of 128, every window 5 epochs
     assert epoch_share(example) == 0.8 and epoch_share(dense) == 1.0
     assert flops_ratio(example) == 0.8 and flops_ratio(dense) == 1.0
 
