@@ -6,7 +6,7 @@ scaled by the framework's steps per epoch relative to training on every example
 from __future__ import annotations
 
 from simprune.bench.flops import StepCounter, dense_config, reference_config
-from simprune.train.config import TrainConfig
+from simprune.train.config import TrainConfig, planned_steps
 
 
 def epoch_share(cfg: TrainConfig) -> float:
@@ -17,21 +17,41 @@ def epoch_share(cfg: TrainConfig) -> float:
     return float(FRAMEWORKS.get(cfg.framework).epoch_share(cfg))
 
 
+def step_counter(cfg: TrainConfig) -> StepCounter:
+    """A :class:`StepCounter` of ``cfg``; when the config reads a file that is not there yet (a
+    distillation teacher before it is trained), one built with the framework's cost-counting
+    settings (:meth:`Framework.bench_defaults`: a random frozen teacher of the same architecture),
+    which count the same FLOPs."""
+    from simprune.train.config import make_config
+    from simprune.train.loop import FRAMEWORKS
+
+    try:
+        return StepCounter(cfg)
+    except (FileNotFoundError, ValueError):
+        defaults = FRAMEWORKS.get(cfg.framework).bench_defaults(set())
+        if not defaults:
+            raise
+        return StepCounter(make_config(cfg.to_dict(), defaults))
+
+
 def flops_ratio(cfg: TrainConfig, grid: int = 20) -> float:
     """Training FLOPs of the run ``cfg`` over the same run dense.
 
     Without a keep-rate warm-up this is one counted step at the end of training; with one
     (``reducer.keep_warmup``) the counted cost is averaged over ``grid`` points of progress. Both
-    are scaled by :func:`epoch_share` (the same epochs in fewer steps).
+    are scaled by :func:`epoch_share` (the same epochs in fewer steps). A run of no steps (a
+    study's random-weights baseline, ``epochs = 0``) costs 0.
     """
+    if planned_steps(cfg, 1) == 0:
+        return 0.0
     share = epoch_share(cfg)
     ref = reference_config(cfg)
     if ref is not None and cfg.reducer.method == "dense":  # MAE, PCAE: vs MAE at mask 0.75
-        return StepCounter(cfg).count(1.0).total / StepCounter(ref).count(1.0).total
+        return step_counter(cfg).count(1.0).total / step_counter(ref).count(1.0).total
     if cfg.reducer.method == "dense":
         return share
-    dense = StepCounter(dense_config(cfg)).count(1.0).total
-    counter = StepCounter(cfg)
+    dense = step_counter(dense_config(cfg)).count(1.0).total
+    counter = step_counter(cfg)
     start, end = (list(cfg.reducer.keep_warmup) + [0.0, 0.0])[:2]
     if end <= 0.0:
         return share * counter.count(1.0).total / dense
@@ -47,4 +67,4 @@ def flops_percent(cfg: TrainConfig) -> float | None:
         return None
 
 
-__all__ = ["epoch_share", "flops_percent", "flops_ratio"]
+__all__ = ["epoch_share", "flops_percent", "flops_ratio", "step_counter"]

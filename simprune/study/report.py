@@ -92,7 +92,8 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
                         mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None,
                         metric=metric, finetune=mean_std(ft), finetuned=len(ft),
                         finetune_planned=members[0].cell.finetune is not None))
-    dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds), None)
+    dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds and r.flops_pct != 0.0),
+                 None)  # not a run of no steps (a random-weights baseline)
     for r in rows:
         if dense is not None and r.train_seconds is not None:
             r.time_pct = 100.0 * r.train_seconds / dense.train_seconds
