@@ -36,9 +36,19 @@ def test_grid(study):
             assert (ft.reducer.method, ft.train_subset, ft.epochs) == (method, 10000, 3.0)
             if rate is not None:
                 assert ft.reducer.keep_rate == rate and list(ft.reducer.reduce_at) == [4, 7, 10]
-    table4 = got[("ViT KD All, EViT 0.5 at fine-tuning only", 0)]
-    assert table4.config.reducer.method == "dense" and table4.config.fw.loss == "all"
+    # Table 4: distilled unpruned, pruned in the probes (the plan's final keep rate) and fine-tuning
+    table4 = got[("ViT KD All, EViT 0.5 only after KD", 0)]
+    cfg = table4.config
+    assert (cfg.reducer.method, cfg.reducer.keep_rate, cfg.fw.loss, cfg.fw.eval_reduced) == (
+        "evit", 0.5, "all", True)
+    from simprune.frameworks.parts import build_plans
+
+    plan, _ = build_plans(cfg)
+    steps = 781
+    assert all(plan.keep_rate(s / steps) == 1.0 for s in range(steps))  # every training step
+    assert plan.keep_rate(1.0) == 0.5  # the probes
     assert (table4.finetune.reducer.method, table4.finetune.reducer.keep_rate) == ("evit", 0.5)
+    assert flops_percent(cfg) == pytest.approx(100.0, abs=1.0)  # trained as the unpruned ViT
 
 
 def test_the_teacher_shares_the_students_patch_grid():
