@@ -524,6 +524,10 @@ class Trainer:
                           "run the same command to continue", flush=True)
                 return {"step": self.step, "total_steps": self.total_steps, "finished": False}
         progress.close()
+        if self.total_steps == 0 and not self.ckpt_path.exists():
+            # a run of no steps (random weights: a study's baseline, `--epochs 0`): its checkpoint
+            # holds the initial state, so that `simprune eval` and `simprune finetune` can read it
+            self.save()
         result: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps,
                                   "finished": self.step >= self.total_steps,
                                   "train_steps_this_run": self.step - step0,

@@ -58,6 +58,17 @@ def test_zero_epochs_evaluates_random_weights(data_root, tmp_path):
     assert res.returncode == 0, res.stderr
     results = json.loads((tmp_path / "rand" / "results.json").read_text())
     assert results["step"] == 0 and "knn_top1" in results
+    # its checkpoint holds the seeded initial weights, for `simprune eval` and `simprune finetune`
+    saved = load_checkpoint(tmp_path / "rand" / "checkpoint.pt")
+    assert saved["step"] == 0
+    again = cli(["train", *cli_args(**dict(cfg, out=tmp_path / "rand2"))], run_env(data_root))
+    assert again.returncode == 0, again.stderr
+    twin = load_checkpoint(tmp_path / "rand2" / "checkpoint.pt")["framework"]
+    assert saved["framework"].keys() == twin.keys()
+    assert all(torch.equal(v, twin[k]) for k, v in saved["framework"].items())
+    ev = cli(["eval", "--ckpt", str(tmp_path / "rand"), "--json"], run_env(data_root))
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["knn_top1"] == pytest.approx(results["knn_top1"])
 
 
 def test_python_example_runs():
