@@ -132,26 +132,22 @@ def resolve_base(base: str, study_path: Path, what: str = "base recipe") -> Path
     raise FileNotFoundError(f"{what} {base!r} not found; tried {', '.join(str(t) for t in tried)}")
 
 
-def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = ()) -> None:
+def _check_keys(where: str, keys: Sequence[str], extra: Sequence[str] = (),
+                owned_keys: dict[str, str] = STUDY_OWNED, owner: str = "the study") -> None:
+    """Unknown keys (``extra``: further valid names) and keys ``owner`` sets (``owned_keys``: key
+    -> where it comes from) are errors naming the valid keys."""
     unknown = sorted(set(keys) - set(valid_keys()) - set(aliases()) - set(extra))
     if unknown:
         raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: "
                          f"{', '.join([*extra, *valid_keys()])}")
-    owned = sorted(set(keys) & set(STUDY_OWNED))
+    owned = sorted(set(keys) & set(owned_keys))
     if owned:
-        raise ValueError(f"{where}: {owned} are set by the study; use "
-                         + "; ".join(f"{k}: {STUDY_OWNED[k]}" for k in owned))
+        raise ValueError(f"{where}: {owned} are set by {owner}; use "
+                         + "; ".join(f"{k}: {owned_keys[k]}" for k in owned))
 
 
 def _check_finetune_keys(where: str, keys: Sequence[str]) -> None:
-    unknown = sorted(set(keys) - set(valid_keys()) - set(aliases()))
-    if unknown:
-        raise ValueError(f"{where}: unknown config keys {unknown}; valid keys: recipe (in [finetune]), "
-                         f"{', '.join(valid_keys())}")
-    owned = sorted(set(keys) & set(FINETUNE_OWNED))
-    if owned:
-        raise ValueError(f"{where}: {owned} are set by the study for fine-tuning; "
-                         + "; ".join(f"{k}: {FINETUNE_OWNED[k]}" for k in owned))
+    _check_keys(where, keys, owned_keys=FINETUNE_OWNED, owner="the study for fine-tuning")
 
 
 def _finetune_table(spec: dict[str, Any], path: Path) -> tuple[Path | None, dict[str, Any] | None]:
@@ -163,7 +159,8 @@ def _finetune_table(spec: dict[str, Any], path: Path) -> tuple[Path | None, dict
     if not isinstance(table, dict):
         raise ValueError(f"{path}: 'finetune' must be a table ([finetune]), got {table!r}")
     keys = flatten({k: v for k, v in table.items() if k != "recipe"})
-    _check_finetune_keys(f"{path} [finetune]", list(keys))
+    _check_keys(f"{path} [finetune]", list(keys), ("recipe",), FINETUNE_OWNED,
+                "the study for fine-tuning")
     recipe = table.get("recipe")
     if recipe is not None and not isinstance(recipe, str):
         raise ValueError(f"{path} [finetune]: recipe must be a path (string), got {recipe!r}")

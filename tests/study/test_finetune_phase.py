@@ -72,7 +72,7 @@ def test_each_cell_has_its_finetuning_config(tmp_path):
 @pytest.mark.parametrize("finetune, methods, message", [
     (FINETUNE + "colour = 1\n", METHODS, r"\[finetune\]: unknown config keys \['colour'\]"),
     (FINETUNE + "seed = 4\n", METHODS,
-     r"\['seed'\] are set by the study for fine-tuning; seed: the cell's seed"),
+     r"\['seed'\] are set by the study for fine-tuning; use seed: the cell's seed"),
     (FINETUNE.replace("cifar10_mim_finetune", "nowhere"), METHODS,
      "fine-tuning recipe 'configs/nowhere.toml' not found"),
     ("", METHODS + "finetune = {epochs = 1}\n", "has fine-tuning keys but the study has no"),
