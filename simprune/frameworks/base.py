@@ -114,6 +114,8 @@ class Framework(nn.Module):
     eval_protocol: ClassVar[str] = "knn"
     #: the branch whose backbone evaluation reads by default
     eval_branch: ClassVar[str] = "student"
+    #: the branches evaluation may read: attributes holding a ``"backbone"`` (``eval_backbone``)
+    branches: ClassVar[tuple[str, ...]] = ("student",)
     #: the ``knn`` protocol's features: the final ``cls`` token or the ``mean`` of the patch tokens
     #: (MAE, PCAE: their losses never train the CLS token); instances may set it from their config
     eval_pool: str = "cls"
@@ -213,11 +215,13 @@ class Framework(nn.Module):
         return 1.0
 
     def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
-        """The backbone evaluation reads: ``branch`` or the framework's default."""
+        """The backbone evaluation reads: ``branch`` (one of :attr:`branches`) or the framework's
+        default."""
         branch = branch or self.eval_branch
-        if branch != "student":
-            raise ValueError(f"framework has only a student branch, got branch {branch!r}")
-        return self.student["backbone"]
+        if branch not in self.branches:
+            raise ValueError(f"{type(self).__name__} has the branches {', '.join(self.branches)}, "
+                             f"got branch {branch!r}")
+        return getattr(self, branch)["backbone"]
 
 
 FRAMEWORKS: Registry[type[Framework]] = Registry("framework")

@@ -145,6 +145,8 @@ def build_teacher(cfg: Any, student: VisionTransformer) -> VisionTransformer:
 class Distill(Framework):
     """A frozen teacher and a token-pruned student with projection heads; one branch trained."""
 
+    branches: ClassVar[tuple[str, ...]] = ("student", "teacher")
+
     Config: ClassVar[type] = DistillConfig
     teachers: ClassVar[tuple[str, ...]] = ("frozen",)
     default_teacher: ClassVar[str] = "frozen"
@@ -250,13 +252,6 @@ class Distill(Framework):
         for i, pt in enumerate(out.points, start=1):
             logs[f"tokens/p{i}"] = float(pt.tokens_out)
         return StepOutput(per.mean(), per.detach(), logs, out.points)
-
-    def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
-        """The student's backbone (default) or the frozen teacher's (``branch = "teacher"``)."""
-        branch = branch or self.eval_branch
-        if branch not in ("student", "teacher"):
-            raise ValueError(f"branch must be 'student' or 'teacher', got {branch!r}")
-        return (self.teacher if branch == "teacher" else self.student)["backbone"]
 
     def eval_features(self, branch: str | None = None) -> Callable[[Tensor], Tensor] | None:
         """``images -> [B, D]`` CLS features for evaluation: the student with its reduction plan at

@@ -21,6 +21,8 @@ class DualBranch(Framework):
     Subclasses define the heads and the loss in ``forward(batch, progress) -> StepOutput``.
     """
 
+    branches: ClassVar[tuple[str, ...]] = ("student", "teacher")
+
     teachers: ClassVar[tuple[str, ...]] = ("ema",)
     default_teacher: ClassVar[str] = "ema"
     pair_reducers: ClassVar[bool] = True
@@ -60,13 +62,6 @@ class DualBranch(Framework):
         return dual_forward(self.student["backbone"], self.teacher["backbone"], globals_, globals_,
                             self.plan.reducer, self.plan.keep_rate(t), self.plan.position(t), locals_,
                             teacher_reducer=teacher_reducer)
-
-    def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
-        """The backbone to evaluate: ``branch`` ("teacher"/"student") or the framework's default."""
-        branch = branch or self.eval_branch
-        if branch not in ("teacher", "student"):
-            raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
-        return (self.teacher if branch == "teacher" else self.student)["backbone"]
 
     def after_step(self, progress: Progress) -> dict[str, float]:
         return {"momentum": self.ema.update(progress.t)}

@@ -115,6 +115,8 @@ class PCAEStep:
 class PCAE(MaskedAutoencoder):
     """Student encoder + decoder predicting the features an EMA teacher keeps after dropping."""
 
+    branches: ClassVar[tuple[str, ...]] = ("student", "teacher")
+
     Config: ClassVar[type] = PCAEConfig
     teachers: ClassVar[tuple[str, ...]] = ("ema",)
     default_teacher: ClassVar[str] = "ema"
@@ -164,12 +166,6 @@ class PCAE(MaskedAutoencoder):
         backbone = build_backbone(cfg, data)
         decoder = cls.make_decoder(cfg, backbone, backbone.embed_dim)
         return cls(backbone, decoder, cfg.fw, cfg.seed, cfg.teacher.momentum, cfg.teacher.momentum_end)
-
-    def eval_backbone(self, branch: str | None = None) -> VisionTransformer:
-        branch = branch or self.eval_branch
-        if branch not in ("teacher", "student"):
-            raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
-        return (self.teacher if branch == "teacher" else self.student)["backbone"]
 
     def after_step(self, progress: Progress) -> dict[str, float]:
         return {"momentum": self.ema.update(progress.t)}

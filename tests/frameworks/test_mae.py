@@ -105,6 +105,8 @@ def test_adamw_betas_are_the_references():
 def test_evaluation_pools_the_patch_tokens_by_default():
     fw, _ = build()
     assert fw.eval_pool == "mean" and fw.eval_protocol == "knn"
+    with pytest.raises(ValueError, match="has the branches student, got branch 'teacher'"):
+        fw.eval_backbone("teacher")  # MAE has no teacher
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         state = fw.eval_backbone().forward_features(x)  # unmasked: all 64 patches

@@ -185,4 +185,6 @@ def test_evaluation_reads_the_student_unless_told():
     fw, _ = build()
     assert fw.eval_backbone() is fw.student["backbone"]
     assert fw.eval_backbone("teacher") is fw.teacher["backbone"]
+    with pytest.raises(ValueError, match="PCAE has the branches student, teacher, got branch 'ema'"):
+        fw.eval_backbone("ema")
     assert fw.eval_pool == "mean"
