@@ -1,6 +1,7 @@
 """Training frameworks, registered by name (``FRAMEWORKS.names()``): DINO and MoCo v3 (dual-branch
-SSL with an EMA teacher), supervised classification, and distillation from a frozen teacher
-(``distill``). See :mod:`simprune.frameworks.base` for the protocol a new framework implements."""
+SSL with an EMA teacher), MAE and PCAE (masked image modelling), supervised classification and
+Tri-Level E-ViT (``trilevel``), and distillation from a frozen teacher (``distill``). See
+:mod:`simprune.frameworks.base` for the protocol a new framework implements."""
 
 from simprune.frameworks.base import (
     DENSE,
@@ -14,12 +15,13 @@ from simprune.frameworks.base import (
 from simprune.frameworks.dino import DINO, DINOConfig
 from simprune.frameworks.distill import Distill, DistillConfig
 from simprune.frameworks.dual import DualBranch
-from simprune.frameworks.mae import MAE, MAEConfig  # noqa: F401 - registers 'mae'
+from simprune.frameworks.mae import MAE, MAEConfig
 from simprune.frameworks.mocov3 import MoCoV3, MoCoV3Config
-from simprune.frameworks.pcae import PCAE, PCAEConfig  # noqa: F401 - registers 'pcae'
+from simprune.frameworks.pcae import PCAE, PCAEConfig
 from simprune.frameworks.supervised import Supervised, SupervisedConfig
-from simprune.frameworks.trilevel import Trilevel, TrilevelConfig  # noqa: F401 - registers 'trilevel'
+from simprune.frameworks.trilevel import Trilevel, TrilevelConfig
 
-__all__ = ["DENSE", "DINO", "FRAMEWORKS", "Batch", "DINOConfig", "DataInfo", "Distill", "DistillConfig",
-           "DualBranch", "Framework", "MoCoV3", "MoCoV3Config", "Progress", "StepOutput", "Supervised",
-           "SupervisedConfig"]
+__all__ = ["DENSE", "DINO", "FRAMEWORKS", "MAE", "PCAE", "Batch", "DINOConfig", "DataInfo", "Distill",
+           "DistillConfig", "DualBranch", "Framework", "MAEConfig", "MoCoV3", "MoCoV3Config",
+           "PCAEConfig", "Progress", "StepOutput", "Supervised", "SupervisedConfig", "Trilevel",
+           "TrilevelConfig"]
