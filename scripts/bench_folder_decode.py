@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from simprune.data import load_dataset, resolve_data_root
-from simprune.data.folder import default_load_size, load_image
+from simprune.data.folder import default_load_size, load_image, resize_crop
 
 
 def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
@@ -42,16 +42,7 @@ def make_jpegs(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
 def load_full_decode(path: Path, load_size: int) -> torch.Tensor:
     """The loader before this change: a full-size decode (no JPEG draft), then the same resize."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        f = load_size / min(w, h)
-        nw, nh = max(load_size, round(w * f)), max(load_size, round(h * f))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - load_size) // 2, (nh - load_size) // 2
-        img = img.crop((left, top, left + load_size, top + load_size))
-        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    return data.reshape(load_size, load_size, 3).permute(2, 0, 1).contiguous()
+        return resize_crop(img, load_size)
 
 
 def time_interleaved(paths: list[Path], ways: dict[str, tuple], rounds: int) -> dict[str, float]:

@@ -71,27 +71,33 @@ def default_load_size(global_size: int) -> int:
     return math.ceil(global_size * 256 / 224)
 
 
+def resize_crop(img: Image.Image, load_size: int) -> Tensor:
+    """An opened image: RGB, shorter side to ``load_size`` (bicubic), centre crop -> uint8
+    ``[3, S, S]``."""
+    img = img.convert("RGB")
+    w, h = img.size
+    f = load_size / min(w, h)
+    nw, nh = max(load_size, round(w * f)), max(load_size, round(h * f))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - load_size) // 2, (nh - load_size) // 2
+    img = img.crop((left, top, left + load_size, top + load_size))
+    data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    return data.reshape(load_size, load_size, 3).permute(2, 0, 1).contiguous()
+
+
 def load_image(path: str | Path, load_size: int) -> Tensor:
     """Decode ``path``, shorter side to ``load_size``, centre crop -> uint8 ``[3, S, S]``."""
     try:
         with Image.open(path) as img:
             if img.format == "JPEG":  # decode at a reduced DCT scale when that still covers S
                 img.draft("RGB", (load_size, load_size))
-            img = img.convert("RGB")
-            w, h = img.size
-            f = load_size / min(w, h)
-            nw, nh = max(load_size, round(w * f)), max(load_size, round(h * f))
-            if (nw, nh) != (w, h):
-                img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-            left, top = (nw - load_size) // 2, (nh - load_size) // 2
-            img = img.crop((left, top, left + load_size, top + load_size))
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            return resize_crop(img, load_size)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
         raise CorruptImageError(
             f"cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace it with a "
             "readable copy, or delete it (or move it out of the data folder), then run the same "
             "command again") from e
-    return data.reshape(load_size, load_size, 3).permute(2, 0, 1).contiguous()
 
 
 def _image_files(folder: Path) -> list[Path]:
