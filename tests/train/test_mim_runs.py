@@ -6,12 +6,10 @@ on the patch-token mean."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
-from train_testkit import PY, TINY, cli_args, run_env
+from train_testkit import PY, TINY, cli_args, kill_and_resume, losses, records, run_env
 
 #: tiny decoders, and PCAE's teacher with a fast EMA so that it moves within a few steps
 MIM = {
@@ -24,38 +22,13 @@ MIM = {
 TOLERANCE = 1e-4
 
 
-def losses(run_dir):
-    recs = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in recs if "loss" in r}
-
-
-def records(run_dir):
-    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("framework", ["mae", "pcae"])
 def test_sigkill_then_resume_matches_uninterrupted(framework, data_root, tmp_path):
     cfg = dict(TINY, **MIM[framework], epochs=0.75, deterministic=True, eval_at_end=False,
                ckpt_every=3, drop_path=0.1)
-    env = run_env(data_root)
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    cmd = [PY, "-m", "simprune.cli", "train"]
-    subprocess.run(cmd + cli_args(**cfg, out=ref), env=env, check=True, capture_output=True)
-    total = max(losses(ref))
-    assert total == 12
-    proc = subprocess.Popen(cmd + cli_args(**cfg, out=cut), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once some steps past a checkpoint have been logged
-        if (cut / "metrics.jsonl").exists() and len(losses(cut)) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert len(losses(cut)) < total, "the run finished before it could be killed"
-    out = subprocess.run(cmd + cli_args(**cfg, out=cut), env=env, check=True, capture_output=True,
-                         text=True)
-    assert "resuming" in out.stdout
+    ref, cut, stdout = kill_and_resume(cfg, data_root, tmp_path)
+    assert max(losses(ref)) == 12
+    assert "resuming" in stdout
     assert losses(cut) == losses(ref)  # exact, every step
     if framework == "pcae":
         assert all(r["teacher_tokens/3"] == 6 and r["decoded"] == 6 for r in records(ref) if "loss" in r)

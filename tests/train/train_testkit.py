@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from repo_paths import DATA, REPO  # noqa: F401 - re-exported to the tests
@@ -44,3 +48,38 @@ def run_env(data_root: Path) -> dict[str, str]:
 
 
 PY = sys.executable
+
+
+def records(run_dir: Path) -> list[dict]:
+    """Every line of a run's ``metrics.jsonl``."""
+    return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """``{step: loss}`` of a run's logged training steps."""
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+def kill_and_resume(cfg: dict[str, object], data_root: Path, folder: Path,
+                    kill_after: int = 5) -> tuple[Path, Path, str]:
+    """Train ``cfg`` uninterrupted into ``folder/ref``; train it again into ``folder/cut``, SIGKILL
+    it once ``kill_after`` steps are logged, and run the same command to resume. Returns both run
+    folders and the resumed run's stdout (the caller compares their losses)."""
+    env = run_env(data_root)
+    ref, cut = folder / "ref", folder / "cut"
+    cmd = [PY, "-m", "simprune.cli", "train"]
+    subprocess.run(cmd + cli_args(**cfg, out=ref), env=env, check=True, capture_output=True)
+    total = max(losses(ref))
+    proc = subprocess.Popen(cmd + cli_args(**cfg, out=cut), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once some steps past a checkpoint have been logged
+        if (cut / "metrics.jsonl").exists() and len(losses(cut)) >= kill_after:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(losses(cut)) < total, "the run finished before it could be killed"
+    out = subprocess.run(cmd + cli_args(**cfg, out=cut), env=env, check=True, capture_output=True,
+                         text=True)
+    return ref, cut, out.stdout
