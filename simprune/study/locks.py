@@ -18,7 +18,7 @@ from typing import Any
 LOCK_NAME = "study.lock"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -47,7 +47,7 @@ def take_lock(folder: Path) -> dict[str, Any] | None:
             except (OSError, ValueError):  # being written this instant, or garbage
                 holder = {}
             stale = (holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
-                     and not _pid_alive(holder["pid"]))
+                     and not pid_alive(holder["pid"]))
             if not stale:
                 return holder or {"pid": "?", "host": "?", "started": "?"}
             path.unlink(missing_ok=True)
@@ -67,4 +67,4 @@ def release_lock(folder: Path) -> None:
         pass
 
 
-__all__ = ["LOCK_NAME", "release_lock", "take_lock"]
+__all__ = ["LOCK_NAME", "pid_alive", "release_lock", "take_lock"]

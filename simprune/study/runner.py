@@ -21,7 +21,7 @@ from typing import Any
 
 from simprune.atomic import atomic_write_text
 from simprune.study.args import PHASES, command_line
-from simprune.study.locks import release_lock, take_lock
+from simprune.study.locks import pid_alive, release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
 from simprune.train.config import TrainConfig, incompatible
@@ -83,9 +83,16 @@ def log_sitting(out: Path, entry: dict[str, Any]) -> None:
     """Add ``entry`` to ``study.json``, or update the entry with its ``id``. The log is read
     again each time: a sitting side by side may have logged meanwhile. A sitting's entry is written
     when it starts (``state: running``) and completed when it ends (``ended``, ``interrupted`` or
-    ``failed``); one killed outright keeps ``running``."""
+    ``failed``); one killed outright keeps ``running`` until a later sitting on the same machine
+    finds its process gone and marks it ``killed``."""
     log_data = read_log(out)
     sittings = log_data.setdefault("sittings", [])
+    host = socket.gethostname()
+    for s in sittings:  # a sitting of this machine killed outright (SIGKILL, power) never ended
+        who = str(s.get("id", "")).rsplit("/", 2)
+        if (s.get("state") == "running" and len(who) == 3 and who[1] == host and who[2].isdigit()
+                and not pid_alive(int(who[2]))):
+            s["state"] = "killed"
     for i, s in enumerate(sittings):
         if s.get("id") == entry["id"]:
             sittings[i] = dict(entry)

@@ -210,3 +210,27 @@ def test_a_sitting_is_logged_when_it_starts_and_completed_when_it_ends(tmp_path,
     assert len(sittings) == 1 and sittings[0]["id"] == seen[0]["id"]
     assert sittings[0]["state"] == "ended" and sittings[0]["cells_trained"] == 1
     assert sittings[0]["wall_seconds"] == 2.0
+
+
+def test_a_sitting_killed_outright_is_marked_killed_by_the_next(tmp_path, monkeypatch):
+    """An entry left ``running`` by a process of this machine that is gone becomes ``killed``; one
+    whose process lives (a sitting side by side) or of another machine stays ``running``."""
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "killed"
+    out.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    host = __import__("socket").gethostname()
+    old = [{"command": "a", "state": "running", "id": f"t0/{host}/{int(dead.stdout)}"},
+           {"command": "b", "state": "running", "id": f"t1/{host}/{os.getppid()}"},
+           {"command": "c", "state": "running", "id": f"t2/elsewhere/{int(dead.stdout)}"}]
+    (out / "study.json").write_text(json.dumps({"sittings": old}))
+
+    def trains(study, time_limit, counts=None, log=None, phase="all"):
+        counts.update(trained=0, finished=0, seconds=1.0)
+        return counts
+
+    monkeypatch.setattr(runner, "run_cells", trains)
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    states = [s["state"] for s in json.loads((out / "study.json").read_text())["sittings"]]
+    assert states == ["killed", "running", "running", "ended"]
