@@ -3,8 +3,10 @@
 Schedulers (SLURM, Kubernetes), ``kill`` and ``torchrun`` stop a process with SIGTERM, whose default
 action ends it on the spot: no ``finally`` block runs, so a study sitting would go unlogged and the
 user would see no message. :func:`sigterm_interrupts` turns SIGTERM into :class:`Terminated`, a
-``KeyboardInterrupt``, so the same clean-up paths run for both signals. Nothing is saved on the way
-out: a training run resumes from its last checkpoint, which is written atomically.
+``KeyboardInterrupt``, so the same clean-up paths run for both signals. The trainer holds both
+signals back while a step runs (:func:`interrupts_deferred`) and, single-process, writes a
+checkpoint at the step reached on the way out; a run killed outright resumes from its last
+checkpoint, which is written atomically.
 """
 
 from __future__ import annotations

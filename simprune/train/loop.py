@@ -30,6 +30,7 @@ from simprune.data.folder import default_load_size
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
+from simprune.interrupt import interrupts_deferred
 from simprune.models.init import check_init_options
 from simprune.train.checkpoint import (
     CKPT_NAME,
@@ -346,6 +347,24 @@ class Trainer:
         if dist.is_main():
             print(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}", flush=True)
 
+    def _save_on_interrupt(self, bad: torch.Tensor, checked: int, last_good: int | None) -> None:
+        """A checkpoint at the current step when the run is stopped by Ctrl-C or SIGTERM (steps are
+        never cut in half: the signal waits for the step to end), so the next run resumes where
+        this one stopped instead of at the last periodic checkpoint. Its losses and weights are
+        checked first (a non-finite state is never saved: :class:`TrainingError` instead).
+        Single-process runs only: under torchrun the other processes may be gone, and a
+        checkpoint needs them. Not when stopped inside an evaluation (the last checkpoint stands)."""
+        if self.world > 1 or self.step == 0 or self.step == last_good:
+            return
+        if getattr(self, "_evaluating", False):  # stopped inside a k-NN evaluation, which may have
+            return  # drawn random numbers: the state is not the step's; the last checkpoint stands
+        with interrupts_deferred():  # a second Ctrl-C waits for the checkpoint
+            self.check_finite(bad, checked, last_good, weights=True)
+            self.save()
+        if dist.is_main():
+            print(f"stopped at step {self.step}/{self.total_steps}; checkpoint saved, run the same "
+                  "command to continue", file=sys.stderr, flush=True)
+
     def _sitting_seconds(self) -> float:
         start = getattr(self, "_sitting_start", None)
         return 0.0 if start is None else time.perf_counter() - start - self._eval_seconds
@@ -487,42 +506,49 @@ class Trainer:
         stop_at = self.total_steps if cfg.max_steps <= 0 else min(self.total_steps, cfg.max_steps)
         local_batch = cfg.batch_size // self.world
         window_t, window_n = time.perf_counter(), 0
-        while self.step < stop_at:
-            loss, logs = self.train_step(self.step)
-            bad |= ~torch.isfinite(loss)
-            self.step += 1
-            window_n += 1
-            last = self.step == stop_at
-            if self.step % cfg.log_every == 0 or last:
-                self.check_finite(bad, checked, last_good, weights=False)
-                checked = self.step
-                now = time.perf_counter()
-                rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
-                       "loss": float(dist.all_reduce_mean(loss.float())),
-                       "img_per_s": window_n * local_batch * self.world / max(1e-9, now - window_t)}
-                rec.update({k: float(v) for k, v in logs.items()})
-                window_t, window_n = now, 0
-                self.log.write(rec)
-                progress.update(self.step, rec)
-            else:
-                progress.update(self.step, None)
-            if knn_every and self.step % knn_every == 0 and not last:
-                self._evaluate(final=False)
-            saved_now = False
-            if self.step % cfg.ckpt_every == 0 or last:
-                self.check_finite(bad, checked, last_good, weights=True)
-                checked = self.step
-                self.save()
-                last_good, saved_now = self.step, True
-            if cfg.time_limit > 0 and time.perf_counter() - t0 > cfg.time_limit * 60 and not last:
-                if not saved_now:
+        try:
+            while self.step < stop_at:
+                # a Ctrl-C or SIGTERM lands between steps: after the step and its log line
+                with interrupts_deferred():
+                    loss, logs = self.train_step(self.step)
+                    bad |= ~torch.isfinite(loss)
+                    self.step += 1
+                    window_n += 1
+                    last = self.step == stop_at
+                    if self.step % cfg.log_every == 0 or last:
+                        self.check_finite(bad, checked, last_good, weights=False)
+                        checked = self.step
+                        now = time.perf_counter()
+                        rec = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                               "loss": float(dist.all_reduce_mean(loss.float())),
+                               "img_per_s": window_n * local_batch * self.world / max(1e-9, now - window_t)}
+                        rec.update({k: float(v) for k, v in logs.items()})
+                        window_t, window_n = now, 0
+                        self.log.write(rec)
+                        progress.update(self.step, rec)
+                    else:
+                        progress.update(self.step, None)
+                if knn_every and self.step % knn_every == 0 and not last:
+                    self._evaluate(final=False)
+                saved_now = False
+                if self.step % cfg.ckpt_every == 0 or last:
                     self.check_finite(bad, checked, last_good, weights=True)
+                    checked = self.step
                     self.save()
-                progress.close()
-                if main:
-                    print(f"time limit of {cfg.time_limit} min reached at step {self.step}; "
-                          "run the same command to continue", flush=True)
-                return {"step": self.step, "total_steps": self.total_steps, "finished": False}
+                    last_good, saved_now = self.step, True
+                if cfg.time_limit > 0 and time.perf_counter() - t0 > cfg.time_limit * 60 and not last:
+                    if not saved_now:
+                        self.check_finite(bad, checked, last_good, weights=True)
+                        self.save()
+                    progress.close()
+                    if main:
+                        print(f"time limit of {cfg.time_limit} min reached at step {self.step}; "
+                              "run the same command to continue", flush=True)
+                    return {"step": self.step, "total_steps": self.total_steps, "finished": False}
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, between two steps: keep every step done
+            progress.close()
+            self._save_on_interrupt(bad, checked, last_good)
+            raise
         progress.close()
         if self.total_steps == 0 and not self.ckpt_path.exists():
             # a run of no steps (random weights: a study's baseline, `--epochs 0`): its checkpoint
@@ -567,9 +593,11 @@ class Trainer:
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
         t_eval = time.perf_counter()
+        self._evaluating = True
         try:
             return self._evaluate_inner(final)
         finally:
+            self._evaluating = False
             self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + time.perf_counter() - t_eval
 
     def _evaluate_inner(self, final: bool) -> dict[str, Any]:

@@ -99,6 +99,28 @@ def kill_at_step(argv: list[str], data_root: Path, run_dir: Path, step: int,
     return len(step_losses(run_dir))
 
 
+def signal_at_step(argv: list[str], data_root: Path, run_dir: Path, step: int, signum: int,
+                   timeout: float = 300) -> tuple[int, subprocess.CompletedProcess]:
+    """Start ``simprune <argv>``, send ``signum`` once ``metrics.jsonl`` shows ``step`` logged steps
+    and let it stop by itself; returns the steps logged then and the ended process (its exit
+    status, stdout and stderr)."""
+    proc = subprocess.Popen(command(argv), env=run_env(data_root), cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if len(step_losses(run_dir)) >= step:
+                break
+            time.sleep(0.01)
+        sent = len(step_losses(run_dir))
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return sent, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def temp_files(folder: Path) -> list[str]:
     """Temporary files of atomic writes (``.<name>.*.tmp``) in ``folder``."""
     return sorted(p.name for p in Path(folder).glob(".*.tmp"))

@@ -12,11 +12,21 @@ import hashlib
 import json
 import os
 import random
+import signal
 import time
 
 import pytest
 import torch
-from faultkit import TOTAL_STEPS, dead_pid, kill_at_step, run, step_losses, temp_files, train_argv
+from faultkit import (
+    TOTAL_STEPS,
+    dead_pid,
+    kill_at_step,
+    run,
+    signal_at_step,
+    step_losses,
+    temp_files,
+    train_argv,
+)
 
 SEED = int(os.environ.get("SIMPRUNE_FAULT_SEED") or time.time_ns() % 1_000_000)
 
@@ -49,6 +59,26 @@ def test_sigkill_at_a_random_step_then_resume(reference, data_root, tmp_path):
     assert logged < TOTAL_STEPS, f"seed {SEED}"
     res = assert_resumes_exactly(run_dir, data_root, reference)
     assert "resuming" in res.stdout or logged < 3, f"seed {SEED}: {res.stdout}"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_sigterm_or_ctrl_c_saves_the_step_reached_then_resumes(signum, reference, data_root, tmp_path):
+    """A stop by SIGTERM (a scheduler, ``kill``) or Ctrl-C waits for the step to end, writes a
+    checkpoint at the step reached (none of the periodic ones is due: every 100 steps here) and
+    exits 143/130 with one line; the same command resumes from that step, bitwise."""
+    step = random.Random(SEED).randint(2, TOTAL_STEPS - 3)
+    run_dir = tmp_path / "run"
+    sent, res = signal_at_step(train_argv(run_dir, ckpt_every=100, keep_every=0), data_root, run_dir,
+                               step, signum)
+    assert res.returncode == 128 + signum, f"seed {SEED}: {res.stderr}"
+    assert "Traceback" not in res.stderr
+    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+    assert sent <= saved < TOTAL_STEPS, f"seed {SEED}"
+    assert f"stopped at step {saved}/{TOTAL_STEPS}; checkpoint saved" in res.stderr
+    assert "interrupted; run the same command to resume" in res.stderr
+    assert temp_files(run_dir) == []
+    out = assert_resumes_exactly(run_dir, data_root, reference, ckpt_every=100, keep_every=0)
+    assert f"resuming {run_dir} at step {saved}/{TOTAL_STEPS}" in out.stdout
 
 
 def test_sigkill_during_a_checkpoint_write_then_resume(reference, data_root, tmp_path):
