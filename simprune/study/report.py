@@ -181,6 +181,10 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
     wall = sum(s.get("wall_seconds") or 0.0 for s in sittings)  # None: a sitting still running or killed
     trained = sum(float(r.metrics.get("train_seconds", 0.0)) for r in results if r.finished)
     base = study.cells[0].config if study.cells else TrainConfig()
+    frameworks = "/".join(dict.fromkeys(c.config.framework for c in study.cells)) or base.framework
+    points = sorted({tuple(c.config.reducer.reduce_at) for c in study.cells
+                     if c.config.reducer.method != "dense"})
+    pruning = "" if not points else ", pruning at blocks " + " or ".join(str(p) for p in points)
     lines = [f"# Study `{study.name}`", ""]
     if study.description:
         lines += [study.description.strip(), ""]
@@ -188,10 +192,10 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               f"- Command: `{command}`",
               f"- Seeds: {', '.join(str(s) for s in study.seeds)} (mean ± sample std over the finished "
               "seeds; no ± with one seed)",
-              f"- Recipe: `{study.path}` on base `{study.base_path}` — {base.framework}, {base.model}, "
-              f"{base.dataset}, {base.epochs:g} epochs, batch {base.batch_size}, pruning at blocks "
-              f"{tuple(base.reducer.reduce_at)}; k-NN k={base.knn_k} on {base.knn_train or 'all'} train / "
-              f"{base.knn_test or 'all'} test images, linear probe on the same frozen features",
+              f"- Recipe: `{study.path}` on base `{study.base_path}` — {frameworks}, {base.model}, "
+              f"{base.dataset}, {base.epochs:g} epochs, batch {base.batch_size}{pruning}; k-NN "
+              f"k={base.knn_k} on {base.knn_train or 'all'} train / {base.knn_test or 'all'} test "
+              "images, linear probe on the same frozen features",
               f"- Total wall time: {_duration(wall)} over {len(sittings)} sitting(s) (training steps "
               f"alone, summed over cells: {_duration(trained)})",
               "- Training FLOPs: counted on one real training step of each cell's config "
