@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import pytest
 import torch
+from framework_testkit import SMALL_MIM, random_batch
+from framework_testkit import build as build_framework_of
 
 from simprune.frameworks import MAE, Batch, Progress
 from simprune.losses.mim import patchify
 from simprune.train.config import make_config
 from simprune.train.evaluate import pooled
-from simprune.train.loop import build_augment, build_framework, check_config, data_info
+from simprune.train.loop import build_framework, check_config, data_info
 
-SMALL = {"framework": "mae", "model": "vit_nano_patch4_32", "drop_path": 0.0, "decoder_depth": 2,
-         "decoder_dim": 16, "decoder_heads": 2}
+SMALL = {"framework": "mae", **SMALL_MIM}
 
 
 def build(**over):
-    cfg = make_config({**SMALL, **over})
-    check_config(cfg)
-    torch.manual_seed(0)
-    data = data_info(cfg)
-    fw = build_framework(cfg, data)
-    return fw, build_augment(cfg, fw, data)
+    return build_framework_of({**SMALL, **over})
 
 
 def batch(augment, n: int = 3, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        views = augment(images)
-    return Batch(views, torch.zeros(n, dtype=torch.long), torch.arange(10, 10 + n))
+    return random_batch(augment, n, seed, first_index=10)
 
 
 def test_cpu_recipe_sizes():
