@@ -76,7 +76,8 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
                     ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=7,
                                 color=colour)
             plotted = True
-            if len(pts) == 1 and pts[0][2] is None:  # dense (runs once): a reference line
+            if len(pts) == 1 and pts[0][2] is None and abs(xs[0] - 100.0) < 1e-6:
+                # the dense reference (runs once, 100% of its FLOPs): a line across the panel
                 ax.axhline(ys[0], color=colour, linestyle=":", linewidth=1, alpha=0.7)
         ax.margins(x=0.1)  # room for the labels left of the lowest-cost points
         ax.set_xlabel("training FLOPs (% of dense)")
