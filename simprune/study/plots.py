@@ -84,9 +84,10 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     if plotted:
-        labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
-        if labelled:  # the last panel with labelled points (a study may fill only one metric)
-            labelled[-1].legend(fontsize=8, loc="best")
+        counts = [len(ax.get_legend_handles_labels()[0]) for ax in axes]
+        if max(counts) > 0:  # the last panel naming the most methods (a study may fill one metric
+            # only, or fine-tune some cells only)
+            axes[max(range(len(axes)), key=lambda i: (counts[i], i))].legend(fontsize=8, loc="best")
     else:
         for ax in axes:
             ax.text(0.5, 0.5, "no finished cells yet", ha="center", va="center", transform=ax.transAxes)
