@@ -58,7 +58,9 @@ def test_sigkill_at_a_random_step_then_resume(reference, data_root, tmp_path):
     logged = kill_at_step(train_argv(run_dir), data_root, run_dir, step)
     assert logged < TOTAL_STEPS, f"seed {SEED}"
     res = assert_resumes_exactly(run_dir, data_root, reference)
-    assert "resuming" in res.stdout or logged < 3, f"seed {SEED}: {res.stdout}"
+    # the first checkpoint (step 3) is written after step 3's log line: a kill seen at 3 logged
+    # steps may come before it, and the run then starts again from step 0
+    assert "resuming" in res.stdout or logged <= 3, f"seed {SEED}: {res.stdout}"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
