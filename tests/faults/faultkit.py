@@ -104,8 +104,11 @@ def signal_at_step(argv: list[str], data_root: Path, run_dir: Path, step: int, s
     """Start ``simprune <argv>``, send ``signum`` once ``metrics.jsonl`` shows ``step`` logged steps
     and let it stop by itself; returns the steps logged then and the ended process (its exit
     status, stdout and stderr)."""
+    # a child of a shell's background job inherits SIGINT ignored, and Python then installs no
+    # Ctrl-C handler: give it the default disposition, as a terminal's foreground job has
     proc = subprocess.Popen(command(argv), env=run_env(data_root), cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and proc.poll() is None:
