@@ -79,18 +79,25 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
+def _wait_for_steps(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float) -> int:
+    """Poll ``metrics.jsonl`` until it shows ``step`` (or more) logged steps, the process ends or
+    ``timeout`` seconds pass; returns the steps logged then."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if len(step_losses(run_dir)) >= step:
+            break
+        time.sleep(0.01)
+    return len(step_losses(run_dir))
+
+
 def kill_at_step(argv: list[str], data_root: Path, run_dir: Path, step: int,
                  timeout: float = 300) -> int:
     """Start ``simprune <argv>``, SIGKILL it once ``metrics.jsonl`` shows ``step`` (or more) logged
     steps; returns the steps logged when it died. Fails if the run ended first."""
     proc = subprocess.Popen(command(argv), env=run_env(data_root), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(step_losses(run_dir)) >= step:
-                break
-            time.sleep(0.01)
+        _wait_for_steps(proc, run_dir, step, timeout)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -109,13 +116,8 @@ def signal_at_step(argv: list[str], data_root: Path, run_dir: Path, step: int, s
     proc = subprocess.Popen(command(argv), env=run_env(data_root), cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + timeout
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if len(step_losses(run_dir)) >= step:
-                break
-            time.sleep(0.01)
-        sent = len(step_losses(run_dir))
+        sent = _wait_for_steps(proc, run_dir, step, timeout)
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=timeout)
     finally:
