@@ -16,3 +16,15 @@ def data_root() -> Path:
         raise FileNotFoundError(f"CIFAR-10 archive not found in {DATA}; set SIMPRUNE_DATA")
     os.environ.setdefault("SIMPRUNE_CACHE", str(REPO / ".cache" / "simprune"))
     return DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread, restored afterwards. Folders of tiny models, where thread
+    start-up dominates, ask for it in an autouse fixture of their own conftest."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

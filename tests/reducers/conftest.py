@@ -1,15 +1,11 @@
-"""Shared fixtures: the tiny models here are dominated by thread start-up cost, so run them on one
-thread (restored afterwards, so other test folders keep their own setting)."""
+"""The tiny models here are dominated by thread start-up cost: every test runs on one thread
+(``one_thread`` in tests/conftest.py, restored afterwards, so other folders keep their setting)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
     yield
-    torch.set_num_threads(before)
