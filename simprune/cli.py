@@ -177,6 +177,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from simprune.data import resolve_data_root
+    from simprune.data.split import split_training_set
     from simprune.train.evaluate import EVAL_PROTOCOLS
     from simprune.train.loop import check_device, check_eval_settings, data_info, load_split
 
@@ -189,12 +190,13 @@ def run_eval(args: argparse.Namespace) -> int:
     check_eval_settings(cfg)
     root = resolve_data_root(args.data or cfg.data or None)
     train_set = load_split(cfg, root, "train")
+    _, bank_set = split_training_set(train_set, cfg.held_out, cfg.train_on)  # k-NN bank, probe
     test_set = load_split(cfg, root, cfg.test_split)
     if args.device in (None, "auto"):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
-    res = EVAL_PROTOCOLS[fw.eval_protocol](fw.to(device), train_set, test_set, cfg,
+    res = EVAL_PROTOCOLS[fw.eval_protocol](fw.to(device), bank_set, test_set, cfg,
                                            data_info(cfg, train_set), device, final=True,
                                            branch=args.branch)
     res["step"] = saved["step"]

@@ -65,6 +65,13 @@ class Row:
     finetune_planned: bool = False  # the study fine-tunes this row's cells
 
 
+def held_note(cfg: Any) -> str:
+    """``" of the N held out"``: where a run's labelled images come from when ``held_out`` keeps
+    part of the training split out of training (the k-NN bank, the linear probe, and a run with
+    ``train_on = "held_out"``); ``""`` otherwise."""
+    return f" of the {cfg.held_out} held out" if cfg.held_out else ""
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
     """Mean and sample standard deviation (``nan`` with one value); ``None`` when empty."""
     if not values:
@@ -194,8 +201,8 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               "seeds; no ± with one seed)",
               f"- Recipe: `{study.path}` on base `{study.base_path}` — {frameworks}, {base.model}, "
               f"{base.dataset}, {base.epochs:g} epochs, batch {base.batch_size}{pruning}; k-NN "
-              f"k={base.knn_k} on {base.knn_train or 'all'} train / {base.knn_test or 'all'} test "
-              "images, linear probe on the same frozen features",
+              f"k={base.knn_k} on {base.knn_train or 'all'} train{held_note(base)} / "
+              f"{base.knn_test or 'all'} test images, linear probe on the same frozen features",
               f"- Total wall time: {_duration(wall)} over {len(sittings)} sitting(s) (training steps "
               f"alone, summed over cells: {_duration(trained)})",
               "- Training FLOPs: counted on one real training step of each cell's config "
@@ -211,10 +218,12 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
         ft = tuned[0].cell.finetune
         recipe = f"`{study.finetune_recipe}`" if study.finetune_recipe else "the defaults"
         keys = ", ".join(f"{k} = {v!r}" for k, v in (study.finetune_keys or {}).items())
+        part = held_note(ft) if ft.train_on == "held_out" else ""
         lines.append(f"- Fine-tuning: every finished cell, from its backbone (same seed, in "
                      f"`<cell>/finetune`), supervised on {ft.dataset} labels with {recipe}"
                      f"{' and ' + keys if keys else ''}: {ft.epochs:g} epochs on "
-                     f"{ft.train_subset or 'all'} training images, batch {ft.batch_size}, lr "
+                     f"{ft.train_subset or 'all'} training images{part}, batch "
+                     f"{ft.batch_size}, lr "
                      f"{ft.lr:g}, {ft.fw.pool} pooling; top-1 of the final epoch on "
                      f"{ft.knn_test or 'all'} test images (no selection over epochs). Methods may "
                      "change the fine-tuning keys (e.g. pruning only at fine-tuning time).")

@@ -120,7 +120,9 @@ class TrainConfig:
     dataset: str = "cifar10"
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
     test_split: str = "test"  # split used for evaluation ("val" for ImageNet folders)
-    train_subset: int = 0  # 0: all; else a random subset of this size
+    train_subset: int = 0  # 0: all; else a random subset of this size (of the train_on part)
+    held_out: int = 0  # hold this many training images out (a fixed draw; simprune.data.split)
+    train_on: str = "rest"  # with held_out > 0: rest | held_out, the part trained on
     global_size: int = 32  # the image size (px): training crops, the model's input, evaluation
     load_size: int = 0  # imagefolder decode size (px); 0: ceil(global_size * 256 / 224)
     global_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
@@ -203,6 +205,9 @@ KEY_HELP = {
     "data": "data folder (empty: $SIMPRUNE_DATA)",
     "test_split": "split evaluated on (imagefolder: any sub-folder of the data folder, e.g. val)",
     "train_subset": "train on a random subset of this many images (0: all; at most the split's size)",
+    "held_out": "hold a fixed random draw of this many training images out of training; the k-NN "
+                "bank and linear probe draw from them (0: none)",
+    "train_on": "with held_out > 0, the part trained on: rest (the other images) or held_out",
     "global_size": "image size in px: the training crops, the model's input and evaluation",
     "load_size": "imagefolder: decode images at this size in px (shorter side, centre crop; 0: "
                  "ceil(global_size*256/224))",

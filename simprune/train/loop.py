@@ -27,6 +27,7 @@ from simprune.atomic import atomic_write_text, remove_stale_temps
 from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
 from simprune.data.datasets import dataset_key
 from simprune.data.folder import default_load_size
+from simprune.data.split import check_split, split_training_set
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
 from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
@@ -155,6 +156,7 @@ def check_config(cfg: TrainConfig) -> None:
     for key in ("keep_every", "max_steps", "num_workers", "train_subset"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    check_split(cfg.held_out, cfg.train_on)
     if cfg.time_limit < 0:
         raise ValueError(f"time_limit must be >= 0 minutes (0: none), got {cfg.time_limit}")
     check_eval_settings(cfg)
@@ -259,12 +261,18 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(cfg.seed + self.rank)
         root = resolve_data_root(cfg.data or None)
-        self.train_set = load_split(cfg, root, "train")
+        full = load_split(cfg, root, "train")
+        try:
+            # the images trained on, and the labelled images evaluation draws from (k-NN bank)
+            self.train_set, self.bank_set = split_training_set(full, cfg.held_out, cfg.train_on)
+        except ValueError as e:
+            raise TrainingError(f"{e} ({cfg.dataset}'s training split)") from None
         self.root = root
         if cfg.train_subset > len(self.train_set):
+            part = f" ({cfg.train_on} part of held_out {cfg.held_out})" if cfg.held_out else ""
             raise TrainingError(
                 f"train_subset {cfg.train_subset} is larger than the {len(self.train_set)} images of "
-                f"{cfg.dataset}'s training split; valid: 1 to {len(self.train_set)}, or 0 for all")
+                f"{cfg.dataset}'s training split{part}; valid: 1 to {len(self.train_set)}, or 0 for all")
         # the test split is read (and its classes checked against the training split's) before
         # the first step, so a bad split stops the run before it trains, not after
         self.test_set = (load_split(cfg, root, cfg.test_split)
@@ -608,7 +616,7 @@ class Trainer:
                 self.test_set = load_split(cfg, self.root, cfg.test_split)
             test_set = self.test_set
             protocol = EVAL_PROTOCOLS[self.framework.eval_protocol]
-            res = protocol(self.framework, self.train_set, test_set, cfg, self.data, self.device,
+            res = protocol(self.framework, self.bank_set, test_set, cfg, self.data, self.device,
                            final=final)
             res["step"] = self.step
             self.eval_results.append(res)

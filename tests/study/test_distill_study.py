@@ -9,7 +9,7 @@ from study_testkit import REPO
 
 from simprune.study.flops import flops_percent
 from simprune.study.recipe import load_study
-from simprune.study.report import aggregate
+from simprune.study.report import aggregate, held_note
 from simprune.study.results import CellResult
 from simprune.train.config import load_recipe
 
@@ -33,7 +33,11 @@ def test_grid(study):
                 assert cfg.fw.loss == ("all" if mode == "KD All" else "cls")
             # fine-tuned with its own pruning, on labels, from its backbone
             assert ft.framework == "supervised" and ft.fw.init_from == str(cell.folder)
-            assert (ft.reducer.method, ft.train_subset, ft.epochs) == (method, 10000, 3.0)
+            assert (ft.reducer.method, ft.train_subset, ft.epochs) == (method, 0, 3.0)
+            # distilled on the rest, fine-tuned and probed on the 10,000 images held out of it
+            assert (cfg.held_out, cfg.train_on, ft.held_out, ft.train_on) == (10000, "rest", 10000,
+                                                                              "held_out")
+            assert held_note(cfg) == " of the 10000 held out"  # the report's k-NN bank line
             if rate is not None:
                 assert ft.reducer.keep_rate == rate and list(ft.reducer.reduce_at) == [4, 7, 10]
     # Table 4: distilled unpruned, pruned in the probes (the plan's final keep rate) and fine-tuning
