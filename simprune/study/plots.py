@@ -28,8 +28,9 @@ LABEL_OFFSETS = ((4, 4), (4, -10), (-22, 4), (-22, -10))
 
 
 def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
-    """k-NN and linear top-1 (and fine-tuning top-1 for a study that fine-tunes) against training
-    FLOPs % of dense, one marker and colour per method,
+    """k-NN and linear top-1 (a classifier's study: test top-1, and linear top-1 only if a row has
+    one; fine-tuning top-1 for a study that fine-tunes) against training FLOPs % of dense, one
+    marker and colour per method,
     error bars = std over seeds, each point labelled with its keep rate (in the title instead when
     the study has only one). Points with fewer finished seeds than the best-covered one are drawn
     hollow and labelled with their seed count."""
@@ -39,8 +40,16 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     tuned = any(getattr(r, "finetune_planned", False) for r in rows)
-    panels = 3 if tuned else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), constrained_layout=True)
+    test = any(getattr(r, "metric", "knn") == "test" for r in rows)
+    first = "test top-1 (%)" if test else "k-NN top-1 (%)"  # a classifier's study (supervised)
+    keys = [("knn", first)]
+    if not test or any(getattr(r, "linear", None) for r in rows):  # a classifier has no probe
+        keys.append(("linear", "linear top-1 (%)"))
+    if tuned:
+        keys.append(("finetune", "fine-tune top-1 (%)"))
+    fig, grid = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2), constrained_layout=True,
+                             squeeze=False)
+    axes = list(grid[0])
     colours = plt.get_cmap("tab10").colors
     methods = list(dict.fromkeys(r.method for r in rows))
     most = max((r.seeds_finished for r in rows), default=0)
@@ -48,11 +57,7 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     rates = {r.keep_rate for r in rows if r.keep_rate is not None}
     shared_rate = rates.pop() if len(rates) == 1 else None
     plotted = False
-    test = any(getattr(r, "metric", "knn") == "test" for r in rows)
-    first = "test top-1 (%)" if test else "k-NN top-1 (%)"  # a classifier's study (supervised)
-    metrics = [(axes[0], "knn", first), (axes[1], "linear", "linear top-1 (%)")]
-    if tuned:
-        metrics.append((axes[2], "finetune", "fine-tune top-1 (%)"))
+    metrics = [(ax, key, label) for ax, (key, label) in zip(axes, keys)]
     for ax, key, label in metrics:
         for i, method in enumerate(methods):
             pts = sorted((r.flops_pct, getattr(r, key), r.keep_rate,
@@ -94,7 +99,8 @@ def write_plot(rows: Sequence[Row], path: Path, title: str) -> None:
     note = f"error bars: std over seeds; hollow: fewer than {most} seeds" if most > 1 else "1 seed"
     if shared_rate is not None:
         note = f"keep rate {shared_rate:g}; {note}"
-    fig.suptitle(f"{title}: accuracy vs training cost ({note})", fontsize=10)
+    sep = "\n" if len(axes) == 1 else " "  # one panel: the note on a second line, not cut off
+    fig.suptitle(f"{title}: accuracy vs training cost{sep}({note})", fontsize=10)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
