@@ -20,7 +20,7 @@ def study():
 
 
 def test_grid(study):
-    assert study.seeds == [0, 1] and len(study.cells) == 20
+    assert study.seeds == [0, 1] and len(study.cells) == 24
     got = {(c.method, c.seed): c for c in study.cells}
     for student, (method, rate) in {"ViT": ("dense", None), "EViT 0.7": ("evit", 0.7),
                                     "EViT 0.5": ("evit", 0.5)}.items():
@@ -82,3 +82,21 @@ def test_a_random_weights_row_is_never_the_time_reference(study):
     by = {r.method: r for r in rows}
     assert by["ViT KD All"].time_pct == 100.0 and by["EViT 0.5 KD All"].time_pct == pytest.approx(70.0)
     assert by["ViT no KD"].time_pct == pytest.approx(0.5)
+
+
+
+def test_the_grid_distils_standardised_targets_and_two_rows_keep_method_md_s_raw_ones(study):
+    """The recipe's targets (each teacher channel standardised over the batch) in every KD row of
+    the grid; the two "raw targets" rows are the same ViT cells with METHOD.md's pin."""
+    got = {(c.method, c.seed): c for c in study.cells}
+    assert len(study.cells) == 24
+    for (name, _seed), cell in got.items():
+        want = "none" if name.endswith("raw targets") else "batch"
+        assert cell.config.fw.target_norm == want, name
+    for mode in ("All", "CLS"):
+        raw, std = got[(f"ViT KD {mode}, raw targets", 1)], got[(f"ViT KD {mode}", 1)]
+        a, b = raw.config.to_dict(), std.config.to_dict()
+        for d in (a, b):
+            d["distill"].pop("target_norm"), d.pop("out")
+        assert a == b
+        assert raw.finetune.reducer == std.finetune.reducer
