@@ -154,35 +154,16 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _load_run(ckpt: str):
-    from pathlib import Path
-
-    from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
-    from simprune.train.config import make_config, upgrade_saved
-    from simprune.train.loop import build_framework
-
-    path = Path(ckpt)
-    if path.is_dir():
-        path = path / CKPT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
-    saved = load_checkpoint(path)
-    cfg = make_config(upgrade_saved(saved["config"]))
-    fw = build_framework(cfg)
-    fw.load_state_dict(saved["framework"])
-    return cfg, fw, saved
-
-
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from simprune.data import resolve_data_root
     from simprune.data.split import split_training_set
     from simprune.train.evaluate import EVAL_PROTOCOLS
-    from simprune.train.loop import check_device, check_eval_settings, data_info, load_split
+    from simprune.train.loop import check_device, check_eval_settings, data_info, load_run, load_split
 
     check_device(args.device or "auto")
-    cfg, fw, saved = _load_run(args.ckpt)
+    cfg, fw, saved = load_run(args.ckpt)
     for key, _, _ in EVAL_OVERRIDES:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -219,6 +200,7 @@ def run_export(args: argparse.Namespace) -> int:
     from safetensors.torch import save
 
     from simprune.atomic import atomic_write
+    from simprune.train.loop import load_run
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out!r} must end in .safetensors")
@@ -232,7 +214,7 @@ def run_export(args: argparse.Namespace) -> int:
                          "another --out")
     if Path(args.out).is_dir():
         raise ValueError(f"cannot export to {args.out}: it is a folder")
-    _, fw, _ = _load_run(args.ckpt)
+    _, fw, _ = load_run(args.ckpt)
     backbone = fw.eval_backbone(args.branch)
     sd = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
     data = save(sd, metadata={"format": "pt", "names": "timm-vit"})

@@ -47,9 +47,11 @@ from simprune.train.config import (
     TrainConfig,
     check_model,
     incompatible,
+    make_config,
     planned_steps,
     run_length_key,
     size_note,
+    upgrade_saved,
 )
 from simprune.train.evaluate import EVAL_PROTOCOLS
 from simprune.train.log import MetricsLog
@@ -91,6 +93,25 @@ def data_info(cfg: TrainConfig, train_set: Any = None) -> DataInfo:
 def build_framework(cfg: TrainConfig, data: DataInfo | None = None) -> Framework:
     """The framework (branches, teacher, heads) a config describes."""
     return FRAMEWORKS.get(cfg.framework).build(cfg, data or data_info(cfg))
+
+
+def load_run(ckpt: str | Path) -> tuple[TrainConfig, Framework, dict[str, Any]]:
+    """A finished or partial run, for evaluation or export: ``(config, framework with the saved
+    weights, the checkpoint dict)``. ``ckpt``: a run folder or its ``checkpoint.pt``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there (the message says what to pass).
+    """
+    path = Path(ckpt)
+    if path.is_dir():
+        path = path / CKPT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
+    saved = load_checkpoint(path)
+    cfg = make_config(upgrade_saved(saved["config"]))
+    fw = build_framework(cfg)
+    fw.load_state_dict(saved["framework"])
+    return cfg, fw, saved
 
 
 def build_augment(cfg: TrainConfig, framework: Framework, data: DataInfo | None = None) -> nn.Module:

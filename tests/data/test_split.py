@@ -8,7 +8,6 @@ import torch
 
 from simprune.data.base import ArrayDataset
 from simprune.data.split import HELD_OUT_SEED, IndexedView, check_split, held_out_rows, split_training_set
-from simprune.eval.features import random_subset
 
 
 def numbered(n: int) -> ArrayDataset:
@@ -32,7 +31,12 @@ def test_the_draw_is_fixed_and_independent_of_the_run_seed():
     a = held_out_rows(500, 50)[0]
     torch.manual_seed(456)
     assert torch.equal(a, held_out_rows(500, 50)[0])
-    assert torch.equal(a, random_subset(500, 50, HELD_OUT_SEED))
+    # a uniform draw: the first 50 of a permutation seeded by HELD_OUT_SEED, sorted
+    perm = torch.randperm(500, generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+    assert torch.equal(a, perm[:50].sort().values)
+    before = torch.get_rng_state()
+    held_out_rows(500, 50)
+    assert torch.equal(before, torch.get_rng_state())  # the global RNG is untouched
 
 
 def test_views_read_the_rows_of_their_part():
