@@ -20,6 +20,7 @@ from simprune.data.eval_transform import EvalTransform
 from simprune.data.stats import dataset_stats
 from simprune.eval.direction import mean_energy_share, mean_pairwise_cosine
 from simprune.eval.features import random_subset
+from simprune.losses.kd import standardize
 from simprune.train.loop import load_run
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         x = backbone.forward_features(EvalTransform(cfg.global_size, mean, std)(images)).x
     cls, patches = x[:, 0], x[:, 1:]
-    standardised = (cls - cls.mean(0)) / cls.std(0).clamp_min(1e-6)
+    standardised = standardize(cls, dims=(0,))  # what kd_target_norm = "batch" does to CLS targets
     per_image = sum(mean_pairwise_cosine(patches[i]) for i in range(len(patches))) / len(patches)
     print(f"{args.ckpt}: {len(cls)} {cfg.dataset} {cfg.test_split} images (seed {args.seed})")
     print(f"  CLS features: mean pairwise cosine {mean_pairwise_cosine(cls):.3f}, "
