@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from simprune.subset import random_subset
+
 __all__ = ["HELD_OUT_SEED", "TRAIN_PARTS", "IndexedView", "held_out_rows", "split_training_set",
            "check_split"]
 
@@ -85,8 +87,7 @@ def held_out_rows(n_total: int, held_out: int) -> tuple[Tensor, Tensor]:
     """The two parts of a split of ``n_total`` items: ``(held, rest)``, int64, ascending,
     disjoint, together ``range(n_total)``; ``held`` has ``held_out`` rows."""
     check_split(held_out, "rest", n_total)
-    gen = torch.Generator().manual_seed(HELD_OUT_SEED)  # private: the global RNG is untouched
-    held = torch.randperm(n_total, generator=gen)[:held_out].sort().values
+    held = random_subset(n_total, held_out, HELD_OUT_SEED) if held_out else torch.zeros(0, dtype=torch.int64)
     keep = torch.ones(n_total, dtype=torch.bool)
     keep[held] = False
     return held, keep.nonzero().flatten()
