@@ -17,6 +17,9 @@ def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - Train
     from simprune.train.config import backbone_reduce_at, model_overrides
 
     extra = {} if data is None else {"in_chans": data.in_chans}
+    method = cfg.reducer.method
+    if method != DENSE and method in REDUCERS:
+        extra["point_placement"] = REDUCERS.get(method).placement
     return create_model(cfg.model, reduce_at=backbone_reduce_at(cfg), drop_path_rate=cfg.drop_path,
                         init=cfg.init, pos_embed=cfg.pos_embed,
                         freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)

@@ -7,8 +7,9 @@
   the student only under DDP, so its single-process runs start from an independent random teacher;
   a bug). It runs without gradients and in eval mode, on **only the masked patches** of the same
   masking, with their position embeddings and **no CLS token**, and drops tokens progressively:
-  after the attention of blocks ``drop_at`` (1-indexed; default 1, 5, 9, the reference's "after
-  blocks 0, 4, 8") it keeps ``int(drop_keep · n)`` of its ``n`` tokens (at least 1), those *least*
+  after the whole of blocks ``drop_at`` (1-indexed; default 1, 5, 9, the reference's "after
+  blocks 0, 4, 8"; the backbone's point placement ``block``, so each of these blocks' MLP runs on
+  every token it received) it keeps ``int(drop_keep · n)`` of its ``n`` tokens (at least 1), those *least*
   similar to the mean token (``mean_sim``, score ``paper`` or the reference's ``normalized``), or
   random ones (``random_drop``, the paper's ablation). On the CPU model at mask 0.75 the teacher
   goes 48 → 24 → 12 → 6 tokens; at 0.85, 55 → 27 → 13 → 6.
@@ -57,7 +58,7 @@ class PCAEConfig:
     Attributes:
         mask_ratio: share of the patches hidden from the student (the teacher sees exactly these).
         decoder_depth, decoder_dim, decoder_heads: the decoder (CPU recipe 8 × 64, 4 heads).
-        drop_at: 1-indexed blocks after whose attention the teacher drops tokens.
+        drop_at: 1-indexed blocks after which (after their MLP) the teacher drops tokens.
         drop_keep: share of its tokens the teacher keeps at each of those blocks (``int(r·n)``).
         drop_score: ``paper`` (cosine to the mean of the raw tokens) or ``normalized`` (the
             reference code: dot with the mean of the L2-normalised tokens).
@@ -129,13 +130,13 @@ class PCAE(MaskedAutoencoder):
                              f"{opts.drop_score!r}")
         drop_at = check_reduce_at(opts.drop_at, backbone.depth)
         if 0 in drop_at:
-            raise ValueError("pcae.drop_at: the teacher drops after a block's attention (blocks "
+            raise ValueError("pcae.drop_at: the teacher drops after a block (blocks "
                              f"1..{backbone.depth}); point 0 is where it takes the masked patches")
         self.opts = opts
         self.drop_at = drop_at
         self.teacher = nn.ModuleDict({"backbone": copy.deepcopy(backbone)})
         copy_matching_(self.teacher, self.student)  # equal to the student from the start
-        self.teacher["backbone"].set_reduce_at((0, *drop_at))
+        self.teacher["backbone"].set_reduce_at((0, *drop_at), placement="block")
         self.ema = EMATeacher(self.student, self.teacher, momentum, momentum_end)
 
     @classmethod
@@ -151,7 +152,7 @@ class PCAE(MaskedAutoencoder):
             raise ValueError(f"pcae.drop_at {list(c.drop_at)}: {err}") from err
         if 0 in points:
             raise ValueError(f"pcae.drop_at {list(c.drop_at)}: blocks are 1..{depth} (the teacher "
-                             "drops after a block's attention)")
+                             "drops after a block)")
         if not 0.0 < c.drop_keep <= 1.0:
             raise ValueError(f"pcae.drop_keep must be in (0, 1], got {c.drop_keep}")
         if c.drop_score not in SCORES:

@@ -41,14 +41,30 @@ class ViTConfig:
     init: str = "deit"  # deit | moco (see simprune.models.init)
     pos_embed: str = "learned"  # learned | sincos (fixed, not trained)
     freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
+    point_placement: str = "attention"  # where points 1..depth sit: see POINT_PLACEMENTS
+
+
+#: Where reduction point ``b >= 1`` sits in block ``b``: ``attention``, after the block's attention
+#: residual and before its MLP (SimPrune, EViT, ToMe: the MLP then runs on the reduced tokens);
+#: ``block``, after the whole block (PCAE's teacher and its downstream reduction: the paper's Eq. 2
+#: reduces the block's output, so the block's MLP still runs on every token).
+POINT_PLACEMENTS = ("attention", "block")
+
+
+def check_point_placement(placement: str) -> str:
+    """``placement`` if it is one of :data:`POINT_PLACEMENTS`, else a ``ValueError`` naming them."""
+    if placement not in POINT_PLACEMENTS:
+        raise ValueError(f"point placement {placement!r} is not one of {', '.join(POINT_PLACEMENTS)}")
+    return placement
 
 
 def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
     """Validate reduction points: integers in ``0..depth``, strictly increasing.
 
-    Point ``b >= 1`` lies inside block ``b`` (after its attention, before its MLP); point 0 lies
-    after the patch embedding, before block 1 (masking, input-level dropping), where no attention
-    has been computed yet.
+    Point ``b >= 1`` lies in block ``b``: after its attention and before its MLP, or after the whole
+    block, as the backbone's ``placement`` says (:data:`POINT_PLACEMENTS`); point 0 lies after the
+    patch embedding, before block 1 (masking, input-level dropping), where no attention has been
+    computed yet.
     """
     raw = tuple(reduce_at)
     not_int = [b for b in raw if isinstance(b, bool) or not isinstance(b, numbers.Integral)]
@@ -68,20 +84,23 @@ def check_reduce_at(reduce_at: Sequence[int], depth: int) -> tuple[int, ...]:
 
 @dataclass
 class ReductionPoint:
-    """A paused forward at a reduction point (inside ``block``, before its MLP; or, for block 0,
-    after the patch embedding, with no attention extras).
+    """A paused forward at a reduction point (in ``block``, before its MLP or after the whole
+    block; or, for block 0, after the patch embedding, with no attention extras).
 
     Attributes:
         block: 1-indexed block number, or 0 for the point before block 1.
         index: 0-indexed position among the model's reduction points.
-        state: the tokens after the block's attention residual.
-        extras: attention extras the driver asked for (CLS attention row, q/k).
+        state: the tokens after the block's attention residual (``after_block``: after its MLP).
+        extras: attention extras the driver asked for (CLS attention row, q/k), from the
+            attention of ``block`` in either placement.
+        after_block: whether the point follows the block's MLP (placement ``block``).
     """
 
     block: int
     index: int
     state: TokenState
     extras: AttentionExtras
+    after_block: bool = False
 
 
 class VisionTransformer(nn.Module):
@@ -96,6 +115,7 @@ class VisionTransformer(nn.Module):
         check_init_options(cfg.init, cfg.pos_embed, "ViT ")
         self.cfg = cfg
         self.reduce_at = check_reduce_at(cfg.reduce_at, cfg.depth)
+        self.placement = check_point_placement(cfg.point_placement)
         self.num_prefix_tokens = 1
         self.embed_dim = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
@@ -127,9 +147,11 @@ class VisionTransformer(nn.Module):
     def depth(self) -> int:
         return len(self.blocks)
 
-    def set_reduce_at(self, reduce_at: Sequence[int]) -> None:
-        """Change the reduction blocks (validated)."""
+    def set_reduce_at(self, reduce_at: Sequence[int], placement: str | None = None) -> None:
+        """Change the reduction blocks (validated), and their placement when given."""
         self.reduce_at = check_reduce_at(reduce_at, self.depth)
+        if placement is not None:
+            self.placement = check_point_placement(placement)
 
     def num_patches_for(self, height: int, width: int) -> int:
         """Patch tokens for an input of ``height × width`` pixels."""
@@ -159,7 +181,8 @@ class VisionTransformer(nn.Module):
 
         Yields a :class:`ReductionPoint` per point and receives the reduced state (``None`` keeps
         it). Returns the final normalised state. ``need`` ⊆ {"cls_attn", "qk"} says which
-        attention extras to compute at the points (nowhere else).
+        attention extras to compute at the points (nowhere else). With placement ``block`` a point
+        follows its block's MLP; the extras are still those of the block's attention.
         """
         state = self.embed(images)
         points = {b: i for i, b in enumerate(self.reduce_at)}
@@ -167,15 +190,19 @@ class VisionTransformer(nn.Module):
             reduced = yield ReductionPoint(0, points[0], state, AttentionExtras())
             if reduced is not None:
                 state = reduced
+        after_block = self.placement == "block"
         for number, block in enumerate(self.blocks, start=1):
-            if number in points:
-                state, extras = block.attend(state, need)
-                reduced = yield ReductionPoint(number, points[number], state, extras)
-                if reduced is not None:
-                    state = reduced
-                state = block.feed_forward(state)
-            else:
+            if number not in points:
                 state = block(state)
+                continue
+            state, extras = block.attend(state, need)
+            if after_block:
+                state = block.feed_forward(state)
+            reduced = yield ReductionPoint(number, points[number], state, extras, after_block)
+            if reduced is not None:
+                state = reduced
+            if not after_block:
+                state = block.feed_forward(state)
         return state.with_x(self.norm(state.x))
 
     def forward_features(self, images: Tensor) -> TokenState:

@@ -31,6 +31,9 @@ class TokenReducer:
     #: synthetic tokens added per point (EViT's fused token).
     adds_tokens: ClassVar[int] = 0
     is_pair: ClassVar[bool] = False
+    #: where the reducer's points 1..depth sit in their blocks (``simprune.models.vit``'s
+    #: ``POINT_PLACEMENTS``): ``attention`` (before the MLP) or ``block`` (after the whole block).
+    placement: ClassVar[str] = "attention"
 
     def __call__(self, point: ReductionPoint, k: int) -> TokenState:
         raise NotImplementedError

@@ -14,6 +14,13 @@ mean of the discarded patches", the mean weights each dropped token by the origi
 holds (1 for a real patch, the number it averaged for an earlier appended token; read from the
 state's ``source``).
 
+Its points sit **after** their blocks (placement ``block``: the paper reduces "after the 0th, 7th
+and 10th layer", 0-indexed), so each block's MLP still runs on every token, as in PCAE's teacher.
+
+Token counts: ``k = round(keep_rate · N)`` patches are kept, as every reducer here counts, and the
+appended mean is one token more (ViT-B at 0.6: 196 → 118 + 1); the paper truncates and counts the
+appended token among the kept (196 → 117 + 1 in its description of dropping "up to 40%").
+
 METHOD.md's recipe for fine-tuning: points at blocks 1, 8 and 11, keep rate 0.6 (drop up to 40%),
 no dropping for the first 10% of training, then a linear ramp to the target over the next 25%:
 ``[reducer] method = "pcae_ptr"``, ``reduce_at = [1, 8, 11]``, ``keep_rate = 0.6``,
@@ -53,6 +60,7 @@ class PCAEPTRReducer(TokenReducer):
 
     name = "pcae_ptr"
     adds_tokens = 1
+    placement = "block"
 
     def __init__(self, score: str = "paper") -> None:
         if score not in SCORES:

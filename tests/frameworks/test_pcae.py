@@ -26,8 +26,9 @@ def batch(augment, n: int = 3, seed: int = 0) -> Batch:
 
 
 def teacher_by_loop(fw: PCAE, image: torch.Tensor, masked: list[int], score: str = "paper"):
-    """The teacher for one image, written out: masked patches with their positions, no CLS, the
-    blocks one by one, the least mean-like tokens kept after the attention of blocks 1, 5, 9."""
+    """The teacher for one image, written out from the paper's Eq. 2: masked patches with their
+    positions, no CLS, each block whole (attention, then MLP), and after blocks 1, 5 and 9 the
+    least mean-like half of the block's *output* tokens kept."""
     net = fw.teacher["backbone"]
     with torch.no_grad():
         patches, _ = net.patch_embed(image[None])
@@ -35,6 +36,7 @@ def teacher_by_loop(fw: PCAE, image: torch.Tensor, masked: list[int], score: str
         ids = list(masked)
         for number, block in enumerate(net.blocks, start=1):
             x = x + block.attn(block.norm1(x[None]))[0][0]
+            x = x + block.mlp(block.norm2(x[None]))[0]
             if number in (1, 5, 9):
                 k = int(len(ids) * 0.5)
                 if score == "paper":
@@ -44,7 +46,6 @@ def teacher_by_loop(fw: PCAE, image: torch.Tensor, masked: list[int], score: str
                     sim = [float(xn[i] @ xn.mean(0)) for i in range(len(ids))]
                 keep = sorted(sorted(range(len(ids)), key=lambda i: (sim[i], i))[:k])
                 x, ids = x[keep], [ids[i] for i in keep]
-            x = x + block.mlp(block.norm2(x[None]))[0]
         x = net.norm(x)
     return {pid: x[j] for j, pid in enumerate(ids)}
 

@@ -260,3 +260,46 @@ def test_point_zero_pauses_after_the_patch_embedding():
     for blk in model.blocks[2:]:
         manual = blk(manual)
     torch.testing.assert_close(final.x, model.norm(manual.x), rtol=0, atol=0)
+
+
+def keep_even(s: TokenState) -> TokenState:
+    keep = torch.arange(0, s.num_patches, 2).expand(s.x.shape[0], -1)
+    return TokenState(torch.cat([s.prefix, s.patches[:, ::2]], 1), s.ids.gather(1, keep), s.source,
+                      num_prefix=1)
+
+
+@pytest.mark.parametrize("placement", ["attention", "block"])
+def test_a_point_sits_before_the_mlp_or_after_the_whole_block(placement):
+    """Placement ``attention``: block 2's MLP runs on the reduced tokens; ``block``: on all of
+    them, and the reduction takes the block's output. Written out with the blocks' parts."""
+    model = tiny_model(reduce_at=(2,))
+    model.set_reduce_at((2,), placement=placement)
+    x = torch.randn(2, 3, 32, 32)
+    gen = model.stages(x, frozenset({"cls_attn"}))
+    point = gen.send(None)
+    assert point.after_block == (placement == "block")
+    b1, b2 = model.blocks[0], model.blocks[1]
+    h = b1(model.embed(x))
+    attended = h.with_x(h.x + b2.attn(b2.norm1(h.x))[0])
+    whole = attended.with_x(attended.x + b2.mlp(b2.norm2(attended.x)))
+    expect = whole if placement == "block" else attended
+    torch.testing.assert_close(point.state.x, expect.x, rtol=0, atol=1e-6)
+    assert point.extras.cls_attn is not None  # block 2's attention in either placement
+    try:
+        gen.send(keep_even(point.state))
+    except StopIteration as stop:
+        final = stop.value
+    reduced = keep_even(expect)
+    if placement == "attention":
+        reduced = reduced.with_x(reduced.x + b2.mlp(b2.norm2(reduced.x)))
+    for blk in model.blocks[2:]:
+        reduced = blk(reduced)
+    torch.testing.assert_close(final.x, model.norm(reduced.x), rtol=0, atol=1e-5)
+
+
+def test_placement_is_validated():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="placement 'mlp' is not one of attention, block"):
+        model.set_reduce_at([1], placement="mlp")
+    with pytest.raises(ValueError, match="placement"):
+        tiny_model(point_placement="after")

@@ -98,3 +98,25 @@ def test_the_two_scores_rank_differently_when_norms_differ():
         assert torch.equal(ptr.ids[:, :3], ms.ids)
     with pytest.raises(ValueError, match="score"):
         create_reducer("mean_sim", score="raw")
+
+
+def test_a_built_backbone_reduces_after_the_block_for_pcae_ptr_only():
+    """The paper reduces "after the 0th, 7th and 10th layer": a backbone built for ``pcae_ptr``
+    places its points after the whole block; every other reducer before the MLP."""
+    from simprune.frameworks.parts import build_backbone
+    from simprune.reducers import REDUCERS
+
+    cfg = make_config({"framework": "supervised", "model": "vit_micro_patch4_32", "method": "pcae_ptr",
+                       "keep_rate": 0.6, "reduce_at": [1, 8, 11]})
+    net = build_backbone(cfg).eval()
+    assert net.placement == "block" and net.reduce_at == (1, 8, 11)
+    x = images(1, 7)
+    with torch.no_grad():
+        out = forward_reduced(net, x, create_reducer("pcae_ptr"), 0.6)
+        # written out: block 1 whole, then the reduction of its output
+        h = net.blocks[0](net.embed(x))
+        first = create_reducer("pcae_ptr")(ReductionPoint(1, 0, h, AttentionExtras()), round(0.6 * 64))
+    assert torch.equal(out.points[0].ids, first.ids)
+    for name in REDUCERS.names():
+        if name != "pcae_ptr":
+            assert REDUCERS.get(name).placement == "attention", name
