@@ -25,6 +25,9 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
                    help="all: train each cell, then fine-tune it if the study has [finetune]; train: "
                    "training only; finetune: fine-tune finished cells only (e.g. a second sitting "
                    "beside one that trains)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="train only these methods' cells this sitting (names as in the recipe's "
+                   "[[methods]]); the report still shows every finished cell")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; train nothing")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the existing cell folders; train nothing")
@@ -45,6 +48,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--time-limit", f"{args.time_limit:g}"]
     if getattr(args, "phase", "all") != "all":
         parts += ["--phase", args.phase]
+    if getattr(args, "methods", None):
+        parts += ["--methods", *args.methods]
     return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -159,8 +159,22 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
     return True
 
 
+def select_methods(study: Study, methods: list[str] | None) -> list[Cell]:
+    """The cells of the named methods (all cells when ``methods`` is empty); an unknown name is a
+    ``ValueError`` listing the study's methods."""
+    if not methods:
+        return list(study.cells)
+    names = list(dict.fromkeys(c.method for c in study.cells))
+    unknown = [m for m in methods if m not in names]
+    if unknown:
+        raise ValueError(f"--methods {', '.join(map(repr, unknown))}: not a method of study "
+                         f"{study.name}; its methods: {', '.join(map(repr, names))}")
+    return [c for c in study.cells if c.method in methods]
+
+
 def run_cells(study: Study, time_limit: float = 0.0, log=None,
-              counts: dict[str, float] | None = None, phase: str = "all") -> dict[str, float]:
+              counts: dict[str, float] | None = None, phase: str = "all",
+              methods: list[str] | None = None) -> dict[str, float]:
     """Train every unfinished cell in order, then (``[finetune]``) fine-tune it once it is
     finished. Returns (and fills ``counts``, kept even when a cell fails): ``skipped``,
     ``trained``, ``finished``, ``finetuned``, ``finetuned_finished``, ``failed`` runs, ``busy``
@@ -171,7 +185,8 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
 
     With ``time_limit`` (minutes, > 0) each run gets the minutes left of the sitting as its own
     ``time_limit``; once the minutes are spent no further run starts (a run stopped by the
-    limit keeps its checkpoint and resumes next time).
+    limit keeps its checkpoint and resumes next time). ``methods`` limits the sitting to those
+    methods' cells (:func:`select_methods`).
     """
     from simprune import dist
 
@@ -179,6 +194,7 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
         raise ValueError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
     log = log or say
     start = time.perf_counter()
+    cells = select_methods(study, methods)
     n = len(study.cells)
     counts = {} if counts is None else counts
     counts.update(skipped=0, trained=0, finished=0, finetuned=0, finetuned_finished=0, failed=0,
@@ -188,6 +204,8 @@ def run_cells(study: Study, time_limit: float = 0.0, log=None,
         check_cell_config(cell)
     try:
         for i, cell in enumerate(study.cells, start=1):
+            if cell not in cells:
+                continue
             head = f"cell {i}/{n}: {cell.label} seed {cell.seed}"
             if phase != "finetune" and not skip_finished(cell.folder, head, counts, log):
                 if not _run_one(cell.folder, cell.config, head, counts, log, locking,
@@ -253,6 +271,7 @@ def run_study(args: argparse.Namespace) -> int:
     if args.time_limit < 0:
         raise ValueError(f"--time-limit must be >= 0 minutes, got {args.time_limit}")
     study = load_study(args.config, args.seeds, args.out, parse_sets(args.set))
+    select_methods(study, getattr(args, "methods", None))  # an unknown name fails before anything
     if args.dry_run:
         dry_run(study)
         return 0
@@ -270,7 +289,8 @@ def run_study(args: argparse.Namespace) -> int:
             log_sitting(study.out, entry)
         state = "interrupted"
         try:
-            run_cells(study, args.time_limit, counts=counts, phase=args.phase)
+            run_cells(study, args.time_limit, counts=counts, phase=args.phase,
+                      methods=getattr(args, "methods", None))
             state = "ended"
         except Exception:
             state = "failed"
@@ -303,4 +323,4 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 __all__ = ["LOG_NAME", "PHASES", "check_cell_config", "check_folder_config", "dry_run", "read_log",
-           "run_cells", "run_study"]
+           "run_cells", "run_study", "select_methods"]

@@ -151,7 +151,7 @@ def test_side_by_side_sittings_both_logged(tmp_path, monkeypatch):
     recipe = write_study(tmp_path)
     out = tmp_path / "runs" / "log"
 
-    def other_sitting_ends(study, time_limit, counts=None, log=None, phase="all"):
+    def other_sitting_ends(study, time_limit, counts=None, log=None, phase="all", methods=None):
         (study.out / "study.json").write_text(json.dumps({"sittings": [{"command": "other"}]}))
         counts.update(trained=0, finished=0, seconds=1.0)
         return counts
@@ -196,7 +196,7 @@ def test_a_sitting_is_logged_when_it_starts_and_completed_when_it_ends(tmp_path,
     out = tmp_path / "runs" / "log"
     seen = []
 
-    def trains(study, time_limit, counts=None, log=None, phase="all"):
+    def trains(study, time_limit, counts=None, log=None, phase="all", methods=None):
         seen.extend(json.loads((study.out / "study.json").read_text())["sittings"])
         counts.update(trained=1, finished=0, seconds=2.0)
         return counts
@@ -226,7 +226,7 @@ def test_a_sitting_killed_outright_is_marked_killed_by_the_next(tmp_path, monkey
            {"command": "c", "state": "running", "id": f"t2/elsewhere/{int(dead.stdout)}"}]
     (out / "study.json").write_text(json.dumps({"sittings": old}))
 
-    def trains(study, time_limit, counts=None, log=None, phase="all"):
+    def trains(study, time_limit, counts=None, log=None, phase="all", methods=None):
         counts.update(trained=0, finished=0, seconds=1.0)
         return counts
 
@@ -234,3 +234,19 @@ def test_a_sitting_killed_outright_is_marked_killed_by_the_next(tmp_path, monkey
     assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
     states = [s["state"] for s in json.loads((out / "study.json").read_text())["sittings"]]
     assert states == ["killed", "running", "running", "ended"]
+
+
+def test_methods_limits_the_sitting_and_an_unknown_name_lists_the_methods(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(loop, "Trainer", FakeTrainer)
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "only"
+    assert run_study(study_args("--config", str(recipe), "--out", str(out), "--methods", "Dense")) == 0
+    text = capsys.readouterr().out
+    assert "cell 1/2: Dense seed 0 (new, 2 steps)" in text and "cell 2/2" not in text.split("\n\n")[0]
+    assert "1/2 cells finished" in text
+    assert not (out / "simprune-sliding_kr0.8").exists()
+    log = json.loads((out / "study.json").read_text())
+    assert log["sittings"][-1]["command"].endswith("--methods Dense")
+    with pytest.raises(ValueError, match=r"--methods 'Sparse': not a method of study .*'Dense', "
+                                         r"'SimPrune sliding'"):
+        run_study(study_args("--config", str(recipe), "--out", str(out), "--methods", "Sparse"))
