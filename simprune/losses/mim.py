@@ -4,8 +4,10 @@
   *masked* patch, averaged over the patch's values, then over the masked patches. With
   ``norm_pix`` (MAE's ``norm_pix_loss``, on in the recipes) the target is the patch standardised
   over its own values: ``(p − mean) / sqrt(var + 1e-6)`` (population variance, as
-  ``torch.var(unbiased=False)``; the reference uses the unbiased one, a factor of ``n/(n−1)`` on
-  every target and so on the loss, nothing else). Only masked patches are ever passed in: the
+  ``torch.var(unbiased=False)``; the reference uses the unbiased one, so these targets are
+  ``sqrt(n/(n−1))`` times the reference's, eps aside: 1.0106 for the 48 values of a 4-px RGB
+  patch. The loss of a given prediction is not a constant multiple of the reference's: a model
+  learns to predict the scale it is trained on). Only masked patches are ever passed in: the
   decoder predicts at the masked positions only, so the visible patches cannot enter the loss.
 - PCAE (:func:`feature_cosine_loss`): ``1 − cos(pred, target)`` per surviving token, where the
   target is the teacher's final-norm feature standardised per token over the feature dimension
