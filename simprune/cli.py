@@ -83,12 +83,27 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def solve_budget(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """``cfg`` with its keep rate solved from ``reducer.flops_budget`` (``--flops-budget``), after
+    refusing a keep rate given on the command line beside a budget."""
+    from simprune.bench.budget import apply_flops_budget
+
+    if cfg.reducer.flops_budget and "reducer.keep_rate" in overrides:
+        flag = "--flops-budget" if "reducer.flops_budget" in overrides else "the recipe's flops_budget"
+        raise ValueError(f"--keep-rate {overrides['reducer.keep_rate']} and {flag} "
+                         f"{cfg.reducer.flops_budget:g} were both given: the keep rate is solved from "
+                         "the flops budget; give one of them")
+    return apply_flops_budget(cfg)[0]
+
+
 def run_train(args: argparse.Namespace) -> int:
     from simprune.train.config import load_recipe, make_config
     from simprune.train.loop import train
 
     base = load_recipe(args.config) if args.config else {}
-    cfg = make_config(base, train_overrides(args), where=f"{args.config}: " if args.config else "")
+    overrides = train_overrides(args)
+    cfg = make_config(base, overrides, where=f"{args.config}: " if args.config else "")
+    cfg = solve_budget(cfg, overrides)
     for note in cfg.notes:
         print(f"simprune: note: {note}", file=sys.stderr)
     result = train(cfg)
@@ -125,7 +140,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.config) if args.config else None
     overrides = train_overrides(args)
     overrides.setdefault("out", str(Path("runs") / f"finetune_{src.resolve().name}"))
-    cfg = finetune_config(pretrained, args.ckpt, recipe, overrides, branch=args.branch)
+    cfg = solve_budget(finetune_config(pretrained, args.ckpt, recipe, overrides, branch=args.branch),
+                       overrides)
     result = train(cfg)
     _print_final(result, cfg.out)
     return 0
@@ -253,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         from simprune.bench import cost
 
         cost.add_cost_args(bench.add_parser("cost", help="training-step time/FLOPs/memory vs dense"))
+        from simprune.bench import budget
+
+        budget.add_budget_args(bench.add_parser("budget", help="the keep rate that meets a training-"
+                                                "FLOPs budget"))
     except ImportError:  # pragma: no cover - bench module missing
         pass
     return parser
@@ -311,9 +331,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return int(study.run_study(args) or 0)
     if args.command == "bench":
-        from simprune.bench import cost, flops, micro
+        from simprune.bench import budget, cost, flops, micro
 
-        fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost}[args.bench]
+        fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost,
+              "budget": budget.run_budget}[args.bench]
         return int(fn(args) or 0)
     from simprune.viz.cli import run_viz
 

@@ -23,7 +23,10 @@ A study recipe names a base training recipe and a grid::
     recipe = "configs/cifar10_mim_finetune.toml"     # a fine-tuning recipe (optional)
     epochs = 3                                       # and config keys over it
 
-Every cell is method × keep rate × seed; a dense method runs once, not per keep rate. Its config is
+Every cell is method × keep rate × seed; a dense method runs once, not per keep rate, and so does a
+method row with ``flops_budget = F`` (a fraction of dense training FLOPs; no keep rates): its keep
+rate is solved from the budget (:mod:`simprune.bench.budget`) when the study is loaded, or the
+reducer takes the budget itself (``owns_flops_budget``). Its config is
 the base recipe, then ``[overrides]``, then the method's keys, then ``--set``, with the keys the
 study owns (:data:`STUDY_OWNED`) set per cell. With a ``[finetune]`` table, each cell also has a
 fine-tuning run (:mod:`simprune.train.finetune`: supervised, from the cell's backbone, in
@@ -37,7 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +86,7 @@ class Cell:
 
     method: str  # display name
     slug: str  # folder name of method × keep rate
-    keep_rate: float | None  # None: dense, runs once
+    keep_rate: float | None  # None: dense, runs once (or a reducer that owns its flops budget)
     seed: int
     config: TrainConfig
     finetune: TrainConfig | None = None  # the fine-tuning run from this cell's backbone, if any
@@ -249,21 +252,37 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
             msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise ValueError(f"{where}: {msg}") from err
         dense = probe.reducer.method == "dense"
-        if not dense and not rates:
+        budget = 0.0 if dense else probe.reducer.flops_budget
+        if budget:  # one cell per seed, its keep rate solved from the budget (or the reducer's own)
+            from simprune.bench.budget import check_budget_overrides
+
+            row_rates = {k: entry[k] for k in ("keep_rate", "keep_rates") if k in entry}
+            check_budget_overrides({**row_rates, **sets, "flops_budget": budget}, f"{where}: ")
+            rates = []
+        if not dense and not budget and not rates:
             raise ValueError(f"{where}: no keep rates; set keep_rates in the study or the method")
         slug = slugify(entry["name"])
         if slug in slugs:
             raise ValueError(f"{path}: methods {slugs[slug]!r} and {entry['name']!r} share the folder "
                              f"name {slug!r}; rename one")
         slugs[slug] = entry["name"]
-        for rate in [None] if dense else rates:
-            cell_slug = slug if rate is None else f"{slug}_kr{rate:g}"
+        solved = None  # the budget's keep rate, solved once for the row's seeds
+        for rate in [None] if dense or budget else rates:
+            cell_slug = (f"{slug}_fb{budget:g}" if budget else slug if rate is None
+                         else f"{slug}_kr{rate:g}")
             for seed in seeds:
                 cell_over = {**({} if rate is None else {"keep_rate": rate}), "seed": seed,
                              "out": str(out_dir / cell_slug / f"seed{seed}"), "linear_probe": True}
                 try:
                     cfg = make_config(merged, {**m_over, **cell_over, **sets})
                     check_config(cfg)
+                    if budget:
+                        from simprune.bench.budget import apply_flops_budget, owns_flops_budget
+
+                        if not owns_flops_budget(cfg.reducer.method):
+                            if solved is None:
+                                solved = apply_flops_budget(cfg)[0].reducer.keep_rate
+                            cfg = replace(cfg, reducer=replace(cfg.reducer, keep_rate=solved))
                 except (ValueError, KeyError) as err:
                     msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
                     raise ValueError(f"{where}: {msg}") from err
@@ -276,7 +295,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
                     except (ValueError, KeyError) as err:
                         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
                         raise ValueError(f"{where} (fine-tuning): {msg}") from err
-                cells.append(Cell(entry["name"], cell_slug, rate, seed, cfg, ft))
+                cells.append(Cell(entry["name"], cell_slug, solved if budget else rate, seed, cfg, ft))
     return Study(name, path, base_path, str(spec.get("description", "")), seeds, keep_rates, out_dir,
                  cells, ft_path, ft_keys)
 

@@ -58,6 +58,10 @@ class ReducerConfig:
     Attributes:
         method: ``dense`` or a registered reducer (``simprune``, ``evit``, ``tome``, ...).
         keep_rate: keep rate per reduction point.
+        flops_budget: a training-FLOPs budget as a fraction of dense (0: none). The command line
+            and the study solve the keep rate from it before the run starts
+            (:func:`simprune.bench.budget.apply_flops_budget`); a reducer that takes the budget
+            itself (``owns_flops_budget``) reads it instead.
         reduce_at: 1-indexed blocks where tokens are reduced (0: after the patch embedding).
         window: a pair reducer's window schedule (SimPrune: ``sliding``, ``prune_similar``, ...).
         keep_warmup: ``(start, end)`` progress of the keep-rate warm-up (``(0, 0)``: none).
@@ -70,6 +74,7 @@ class ReducerConfig:
 
     method: str = "dense"
     keep_rate: float = 0.8
+    flops_budget: float = 0.0
     reduce_at: list[int] = field(default_factory=lambda: [4, 7, 10])
     window: str = "sliding"
     keep_warmup: list[float] = field(default_factory=lambda: [0.0, 0.0])

@@ -140,6 +140,14 @@ def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images
             f"{total_steps * cfg.batch_size} images seen")
     if 0 < cfg.max_steps < total_steps:
         line += f"; this sitting stops at max_steps {cfg.max_steps}"
+    rc = cfg.reducer
+    if rc.method != "dense" and rc.flops_budget:
+        from simprune.reducers import REDUCERS
+
+        if getattr(REDUCERS.get(rc.method), "owns_flops_budget", False):
+            line += f"; {rc.method} flops budget {rc.flops_budget:g}"
+        else:
+            line += f"; keep rate {rc.keep_rate:g} solved from flops budget {rc.flops_budget:g}"
     return line
 
 
