@@ -47,7 +47,8 @@ def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - T
         return ReductionPlan(), ReductionPlan()
     reducer = create_reducer(rc.method, **rc.options)
     check_point_zero(rc.method, reducer, rc.reduce_at)
-    keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
+    own = getattr(reducer, "keep_schedule", None)  # a reducer without a keep rate (dynamic_simprune)
+    keep = own() if own is not None else KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
     student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
     if reducer.is_pair:
         if rc.branches != "both":
