@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,6 @@ from simprune.reducers.evit import cls_attention
 from simprune.reducers.schedule import KeepRateSchedule
 from simprune.reducers.simprune import check_pair, window_start
 from simprune.tokens import TokenState, gather_patches
-
-if TYPE_CHECKING:
-    from simprune.drive.lockstep import DualOutput
 
 
 class GateBank(nn.Module):
@@ -352,10 +349,12 @@ class DynamicSimPruneReducer(PairReducer):
         return pack(s_state, d["keep"], d["width"], d["scale"]), stats
 
     # --- the budget -------------------------------------------------------------------------
-    def flops_fractions(self, dual: DualOutput) -> tuple[float, Tensor | float]:
-        """``(run, tokens)``: the step's training-FLOPs fraction as the padded batch ran it (a host
-        float: every width is already on the host) and at each row's own count (a device tensor
-        with the gates' straight-through gradient; a float when no point reduced)."""
+    def flops_fractions(self, dual: Any) -> tuple[float, Tensor | float]:
+        """``(run, tokens)`` of a :class:`~simprune.drive.DualOutput` (the drivers sit above the
+        reducers, so it is not imported here): the step's training-FLOPs fraction as the padded
+        batch ran it (a host float: every width is already on the host) and at each row's own
+        count (a device tensor with the gates' straight-through gradient; a float when no point
+        reduced)."""
         cost = self.cost
         if cost is None:
             raise RuntimeError("dynamic_simprune is not bound to a backbone (bind(backbone)); "
@@ -397,7 +396,7 @@ class DynamicSimPruneReducer(PairReducer):
         tok = (mult * tok.sum() if isinstance(tok, Tensor) else mult * rows * tok) + tok_work
         return float(run), tok, dense
 
-    def budget_terms(self, dual: DualOutput) -> tuple[Tensor | float, dict[str, Tensor | float]]:
+    def budget_terms(self, dual: Any) -> tuple[Tensor | float, dict[str, Tensor | float]]:
         """``(loss term, logs)`` of a step: ``penalty · (f − budget)²`` with ``f`` the padded
         fraction's value and each row's own count's gradient, and per point the kept-count
         distribution over the student's global rows and the share of candidates kept."""

@@ -42,7 +42,8 @@ class ViTCost:
 
     Attributes:
         dim: width ``D``; hidden: MLP hidden width ``H``; depth: blocks;
-        reduce_at: 1-indexed reduction blocks (0: before block 1); prefix: prefix tokens (CLS).
+        reduce_at: 1-indexed reduction blocks (0: before block 1); prefix: prefix tokens (CLS);
+        after_block: the points follow the whole block (placement ``block``), not its attention.
     """
 
     dim: int
@@ -50,12 +51,14 @@ class ViTCost:
     depth: int
     reduce_at: tuple[int, ...]
     prefix: int = 1
+    after_block: bool = False
 
     @classmethod
     def of(cls, backbone) -> ViTCost:  # noqa: ANN001 - VisionTransformer
         """The geometry of a :class:`~simprune.models.vit.VisionTransformer`."""
         return cls(backbone.embed_dim, backbone.blocks[0].mlp.fc1.out_features, backbone.depth,
-                   tuple(backbone.reduce_at), backbone.num_prefix_tokens)
+                   tuple(backbone.reduce_at), backbone.num_prefix_tokens,
+                   getattr(backbone, "placement", "attention") == "block")
 
     def attention(self, n: Count) -> Count:
         """Forward FLOPs of a block's attention half on ``n`` tokens (prefix included)."""
@@ -79,7 +82,8 @@ class ViTCost:
         total: Count = 0
         for block in range(1, self.depth + 1):
             if block in after:
-                total = total + self.attention(self.prefix + n) + self.mlp(self.prefix + after[block])
+                mlp_n = n if self.after_block else after[block]
+                total = total + self.attention(self.prefix + n) + self.mlp(self.prefix + mlp_n)
                 n = after[block]
             else:
                 total = total + self.attention(self.prefix + n) + self.mlp(self.prefix + n)
