@@ -229,6 +229,10 @@ class DynamicSimPruneReducer(PairReducer):
         self.gates: GateBank | None = None
         self.cost: ViTCost | None = None
 
+    def __repr__(self) -> str:  # the options only (not the bound gates and cost model)
+        opts = ("flops_budget", "candidates", "penalty", "gumbel", "tau", "warmup")
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in opts)})"
+
     @property
     def keep_share(self) -> float:
         """Share of the pairs the window keeps for sure at each point."""
