@@ -13,6 +13,10 @@ is needed to interpret them later:
 - ``attn_mask``: an optional attention-connection mask (Tri-Level E-ViT), ``True`` = may attend.
 - ``attn_keys``: the same connections in gathered form (Tri-Level E-ViT's sparse option): for each
   patch query the positions of the keys it may attend to; prefix queries attend to every key.
+- ``valid``: which slots hold a real token (``None``: all). A reducer that keeps a different number
+  of tokens per sample (``dynamic_simprune``) pads each batch to its largest count; the padded
+  slots are masked as keys in attention, carry ``ids == -1`` and own no original patch (``source``),
+  so no loss that pools or aligns by ``ids`` reads them.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class TokenState:
             query may attend to, prefix queries dense; ``None``: no gathered connections. Set only
             by the reducer that recomputes it at every point (``attn_topk``), so a reduction that
             reorders tokens drops it (:func:`gather_patches`, :func:`append_patch`).
+        valid: ``[B, P + N]`` bool, ``False`` at padded slots (masked as attention keys), or
+            ``None`` when every slot is real.
     """
 
     x: Tensor
@@ -48,6 +54,7 @@ class TokenState:
     attn_mask: Tensor | None = None
     num_prefix: int = 1
     attn_keys: Tensor | None = None
+    valid: Tensor | None = None
 
     @property
     def num_patches(self) -> int:
@@ -149,6 +156,7 @@ def gather_patches(
         size=size,
         attn_mask=mask,
         num_prefix=p,
+        valid=None if state.valid is None else state.valid.gather(1, seq),
     )
 
 
@@ -171,6 +179,9 @@ def append_patch(state: TokenState, token: Tensor, absorbed: Tensor) -> TokenSta
         b, n, _ = state.attn_mask.shape
         mask = torch.ones(b, n + 1, n + 1, dtype=torch.bool, device=token.device)
         mask[:, :n, :n] = state.attn_mask
+    valid = None
+    if state.valid is not None:
+        valid = torch.cat([state.valid, state.valid.new_ones(state.valid.shape[0], 1)], dim=1)
     return TokenState(
         x=torch.cat([state.x, token], dim=1),
         ids=ids,
@@ -178,6 +189,7 @@ def append_patch(state: TokenState, token: Tensor, absorbed: Tensor) -> TokenSta
         size=size,
         attn_mask=mask,
         num_prefix=state.num_prefix,
+        valid=valid,
     )
 
 

@@ -101,11 +101,16 @@ def test_reducer_protocol(name):
             assert isinstance(needs, frozenset) and needs <= {"cls_attn", "qk"}
         s_out, t_out, stats = reducer.reduce_pair(_point(seed=1), _point(seed=2), k, 0.5)
         assert isinstance(s_out, TokenState) and isinstance(t_out, TokenState)
-        assert s_out.num_patches == t_out.num_patches == k
+        if reducer.exact_count:
+            assert s_out.num_patches == t_out.num_patches == k
+        else:  # its own count per row (at least the window's half), padded, the same in both
+            assert n >= s_out.num_patches == t_out.num_patches >= n // 2
+            assert torch.equal(s_out.valid, t_out.valid)
         assert isinstance(stats, PairStats) and stats.position == 0.5
         anchors = _point(seed=3).state.patches[:, :k]
         local, local_stats = reducer.reduce_against(_point(n=6, seed=4), anchors, 4, 0.5)
-        assert isinstance(local, TokenState) and local.num_patches == 4
+        assert isinstance(local, TokenState)
+        assert local.num_patches == 4 if reducer.exact_count else 3 <= local.num_patches <= 6
         assert isinstance(local_stats, PairStats)
         with pytest.raises(TypeError, match="pair reducer"):
             reducer(_point(), k)

@@ -155,14 +155,16 @@ class Framework(nn.Module):
         method = cfg.reducer.method
         if cls.reducers is not None and not cls.accepts_reducer(method):
             allowed = " or ".join(repr(m) for m in (DENSE, *cls.reducers))
-            raise ValueError(f"framework {cfg.framework!r} takes reducer.method {allowed}, got {method!r}")
+            raise ValueError(f"framework {cfg.framework!r} takes reducer.method {allowed}, got "
+                             f"{method!r}{pair_frameworks_hint(method)}")
         if not cls.pair_reducers and method != DENSE:
             from simprune.reducers import REDUCERS
 
             if method in REDUCERS and REDUCERS.get(method).is_pair:
                 raise ValueError(f"method {method!r} is a pair reducer: it needs two "
                                  f"branches compared in the loss, which framework {cfg.framework!r} "
-                                 "does not have; choose a one-branch reducer")
+                                 f"does not have; choose a one-branch reducer"
+                                 f"{pair_frameworks_hint(method)}")
 
     @classmethod
     def bench_defaults(cls, given: Collection[str]) -> dict[str, Any]:
@@ -225,3 +227,13 @@ class Framework(nn.Module):
 
 
 FRAMEWORKS: Registry[type[Framework]] = Registry("framework")
+
+
+def pair_frameworks_hint(method: str) -> str:
+    """``"; it works in frameworks dino, mocov3"`` when ``method`` is a pair reducer, else ``""``."""
+    from simprune.reducers import REDUCERS
+
+    if method == DENSE or method not in REDUCERS or not REDUCERS.get(method).is_pair:
+        return ""
+    names = [n for n in FRAMEWORKS.names() if FRAMEWORKS.get(n).accepts_reducer(method)]
+    return f", or a framework {method!r} works in: {', '.join(names)}" if names else ""

@@ -116,8 +116,9 @@ class DINO(DualBranch):
             t_out = self.teacher["head"](dual.teacher.cls).float()
             t_probs = F.softmax((t_out - self.center) / temp, dim=-1)
         s_out = student_out.float()
-        loss = dino_loss(s_out, t_probs, len(views.globals), self.student_temp)
-        logs = self.pruning_logs(dual, t)
+        extra, extra_logs = self.reducer_terms(dual)
+        loss = dino_loss(s_out, t_probs, len(views.globals), self.student_temp) + extra
+        logs = {**self.pruning_logs(dual, t), **extra_logs}
         with torch.no_grad():
             per_sample = dino_loss_per_sample(s_out, t_probs, len(views.globals), self.student_temp)
             logs.update(collapse_stats(t_probs, self.center, temp))

@@ -46,6 +46,11 @@ class DualBranch(Framework):
         self.plan = plan
         self.teacher_plan = plan if teacher_plan is None else teacher_plan
         self.ema = EMATeacher(self.student, self.teacher, momentum, momentum_end)
+        bind = getattr(plan.reducer, "bind", None)
+        if bind is not None:
+            # a reducer with trained parts (dynamic_simprune's gates): among the student's modules,
+            # so the optimiser, gradient clipping and checkpoints see them; the EMA skips them
+            self.student["reducer"] = bind(backbone)
 
     @property
     def reducer(self):  # noqa: ANN201 - the student's reducer (or None)
@@ -65,6 +70,12 @@ class DualBranch(Framework):
 
     def after_step(self, progress: Progress) -> dict[str, float]:
         return {"momentum": self.ema.update(progress.t)}
+
+    def reducer_terms(self, dual: DualOutput) -> tuple[Tensor | float, dict[str, Tensor | float]]:
+        """What the reducer adds to the loss (dynamic_simprune: its FLOPs-budget penalty) and its
+        logs; ``(0.0, {})`` for reducers without one."""
+        terms = getattr(self.plan.reducer, "budget_terms", None)
+        return terms(dual) if terms is not None else (0.0, {})
 
     def pruning_logs(self, dual: DualOutput, t: float) -> dict[str, Tensor | float]:
         """Tokens kept per point, window position and SimPrune's pair statistics."""

@@ -90,8 +90,9 @@ class MoCoV3(DualBranch):
             k1_all, k2_all = all_gather_cat(k1.float()), all_gather_cat(k2.float())
         offset = rank() * q1.shape[0]
         T = self.temperature
-        loss = info_nce(q1, k2_all, T, offset) + info_nce(q2, k1_all, T, offset)
+        extra, extra_logs = self.reducer_terms(dual)
+        loss = info_nce(q1, k2_all, T, offset) + info_nce(q2, k1_all, T, offset) + extra
         with torch.no_grad():
             per_sample = (info_nce_per_sample(q1, k2_all, T, offset)
                           + info_nce_per_sample(q2, k1_all, T, offset))
-        return StepOutput(loss, per_sample, self.pruning_logs(dual, t), dual.points)
+        return StepOutput(loss, per_sample, {**self.pruning_logs(dual, t), **extra_logs}, dual.points)

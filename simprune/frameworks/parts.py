@@ -45,9 +45,16 @@ def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - T
         raise ValueError(f"reducer.branches must be 'both' or 'student', got {rc.branches!r}")
     if rc.method == DENSE:
         return ReductionPlan(), ReductionPlan()
-    reducer = create_reducer(rc.method, **rc.options)
+    options = dict(rc.options)
+    if getattr(REDUCERS.get(rc.method), "owns_flops_budget", False) and rc.flops_budget:
+        if "flops_budget" in options and options["flops_budget"] != rc.flops_budget:
+            raise ValueError(f"reducer.flops_budget {rc.flops_budget:g} and reducer.options "
+                             f"flops_budget {options['flops_budget']:g} disagree; give one of them")
+        options["flops_budget"] = rc.flops_budget  # the reducer meets the budget itself
+    reducer = create_reducer(rc.method, **options)
     check_point_zero(rc.method, reducer, rc.reduce_at)
-    keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
+    own = getattr(reducer, "keep_schedule", None)  # a reducer without a keep rate (dynamic_simprune)
+    keep = own() if own is not None else KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
     student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
     if reducer.is_pair:
         if rc.branches != "both":

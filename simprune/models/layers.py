@@ -44,12 +44,14 @@ class AttentionExtras:
 
 
 def attention_bias(
-    size: Tensor | None, mask: Tensor | None, dtype: torch.dtype
+    size: Tensor | None, mask: Tensor | None, dtype: torch.dtype, valid: Tensor | None = None
 ) -> Tensor | None:
-    """Additive attention bias ``[B, 1, n|1, n]`` from token sizes and a connection mask.
+    """Additive attention bias ``[B, 1, n|1, n]`` from token sizes, a connection mask and padding.
 
     ToMe's proportional attention adds ``log(size)`` to every logit of a key; a connection mask
-    (``[B, n, n]``, ``True`` = may attend) adds ``-inf`` where a query may not attend.
+    (``[B, n, n]``, ``True`` = may attend) adds ``-inf`` where a query may not attend; ``valid``
+    (``[B, n]``, ``False`` at padded slots) adds ``-inf`` to every logit of a padded key, so a
+    padded slot never changes a real token (its query row still sees the real keys: no NaN).
     """
     bias = None
     if size is not None:
@@ -58,6 +60,10 @@ def attention_bias(
         masked = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
         masked = masked.masked_fill(~mask, float("-inf"))[:, None]
         bias = masked if bias is None else bias + masked
+    if valid is not None:
+        pad = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+        pad = pad.masked_fill(~valid, float("-inf"))[:, None, None, :]
+        bias = pad if bias is None else bias + pad
     return bias
 
 
@@ -107,17 +113,19 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         need: frozenset[str] = frozenset(),
         keys: Tensor | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, AttentionExtras]:
         """``x: [B, n, D]`` -> ``([B, n, D], extras)``; ``need`` ⊆ {"cls_attn", "qk"}.
 
         ``size: [B, n]`` token sizes (proportional attention), ``mask: [B, n, n]`` connections,
         ``keys: [B, n - 1, k]`` the same kind of connections in gathered form (CLS query dense;
-        :func:`gathered_attention`), not combined with ``size`` or ``mask``.
+        :func:`gathered_attention`), not combined with ``size`` or ``mask``; ``valid: [B, n]``
+        ``False`` at padded slots, masked as keys.
         """
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, n, hd]
-        bias = attention_bias(size, mask, q.dtype)
+        bias = attention_bias(size, mask, q.dtype, valid)
         if keys is not None:
             if bias is not None:
                 raise ValueError("gathered attention connections (keys) cannot be combined with token "
@@ -174,7 +182,7 @@ class Block(nn.Module):
     ) -> tuple[TokenState, AttentionExtras]:
         """Attention half with its residual."""
         out, extras = self.attn(self.norm1(state.x), state.size, state.attn_mask, need,
-                                state.attn_keys)
+                                state.attn_keys, state.valid)
         return state.with_x(state.x + drop_path(out, self.drop_path, self.training)), extras
 
     def feed_forward(self, state: TokenState) -> TokenState:

@@ -34,6 +34,9 @@ class TokenReducer:
     #: where the reducer's points 1..depth sit in their blocks (``simprune.models.vit``'s
     #: ``POINT_PLACEMENTS``): ``attention`` (before the MLP) or ``block`` (after the whole block).
     placement: ClassVar[str] = "attention"
+    #: returns exactly ``K`` patch tokens (+ ``adds_tokens``) in every row; ``False``: a
+    #: data-dependent count per row, padded to the batch's largest (``dynamic_simprune``)
+    exact_count: ClassVar[bool] = True
 
     def __call__(self, point: ReductionPoint, k: int) -> TokenState:
         raise NotImplementedError

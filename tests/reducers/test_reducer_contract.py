@@ -2,7 +2,9 @@
 
 Parametrised over ``REDUCERS.names()``: a newly registered reducer is covered without edits. The pair
 reducer (``simprune``) runs through the lock-step driver (``dual_forward``), one-branch reducers
-through ``forward_reduced`` and through ``dual_forward`` on both branches.
+through ``forward_reduced`` and through ``dual_forward`` on both branches. A pair reducer that keeps
+a data-dependent count per row (``exact_count = False``: ``dynamic_simprune``) meets the same
+invariants on its real (unpadded) slots, and the same count in both branches, row by row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from simprune.reducers import REDUCERS, create_reducer
 
 NAMES = REDUCERS.names()
 ONE_BRANCH = [n for n in NAMES if not create_reducer(n).is_pair]
-PAIR = [n for n in NAMES if create_reducer(n).is_pair]
+PAIR = [n for n in NAMES if create_reducer(n).is_pair and create_reducer(n).exact_count]
+#: pair reducers that keep a data-dependent count per row, padded (dynamic_simprune)
+PAIR_VARIABLE = [n for n in NAMES if create_reducer(n).is_pair and not create_reducer(n).exact_count]
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 RATE = 0.7
 B = 2  # images per view; global batches are [v1; v2] = 2B rows
@@ -170,6 +174,50 @@ def test_pair_contract(name, dtype):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("name", PAIR_VARIABLE)
+def test_variable_count_pair_contract(name, dtype):
+    student, teacher, spy, out = _run_pair(name, dtype, images(2 * B, 2), images(2 * B, 3),
+                                           images(3 * B, 4, size=16), rate=0.5)
+    assert [c["block"] for c in spy.calls] == [2, 3] and len(spy.local_calls) == 2
+    for c, point in zip(spy.calls, out.points):
+        for side in ("s", "t"):
+            before, new = c[f"{side}_x"], c[f"{side}_out"]
+            assert torch.equal(new.x[:, 0], before[:, 0]) and not torch.isnan(new.x).any()
+            assert new.valid is not None and new.valid[:, 0].all()
+            for b in range(new.ids.shape[0]):
+                ids = new.ids[b].tolist()
+                real = [i for i in ids if i >= 0]
+                n_real = (c[f"{side}_ids"][b] >= 0).sum().item()
+                assert expected_k(n_real, 0.5) <= len(real) <= n_real  # the window's half kept
+                assert len(real) == len(set(real)) and set(real) <= set(c[f"{side}_ids"][b].tolist())
+                assert ids[: len(real)] == real and new.valid[b, 1:].tolist() == [
+                    i >= 0 for i in ids]  # real tokens first, padding after
+                for pos, orig in enumerate(ids):
+                    if orig >= 0:
+                        assert new.source[b, orig].item() == pos
+        # the same count per row in both branches (teacher rows rolled by B in the call)
+        assert torch.equal(c["s_out"].valid, c["t_out"].valid)
+        assert point.student.tokens_out == point.teacher.tokens_out == c["s_out"].num_patches
+        assert point.stats is not None and point.local_stats is not None
+        assert not c["t_out"].x.requires_grad
+    for lc in spy.local_calls:
+        assert torch.equal(lc["s_out"].x[:, 0], lc["s_x"][:, 0])
+    for res in (out.student, out.teacher, out.local):
+        assert not torch.isnan(res.state.x).any()
+    loss = out.student.state.x[:, 0].float().pow(2).mean() + out.local.state.x[:, 0].float().mean()
+    loss.backward()
+    check_student_grads(student)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def _real(state, rows):
+    """Per row, the real (unpadded) slots' values (prefix included)."""
+    if state.valid is None:
+        return [state.x[r] for r in rows]
+    return [state.x[r][state.valid[r]] for r in rows]
+
+
 def _one_branch_run(name, dtype, x, seed):
     model = tiny_model(seed=0)
     spy = Spy(create_reducer(name))
@@ -185,12 +233,14 @@ TOL = {None: 1e-5, torch.bfloat16: 2e-2}
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("name", NAMES)
 def test_samples_do_not_depend_on_each_other(name, dtype):
+    """A sample's kept tokens and values do not depend on the other samples of the batch (a
+    variable-count reducer's padding does: only its real slots are compared)."""
     x = images(2 * B, 5)
     other = x.clone()
     keep_rows = [0, B]  # both views of image 0
     change = [r for r in range(2 * B) if r not in keep_rows]
     other[change] = images(len(change), 6)
-    if name in PAIR:
+    if name in PAIR or name in PAIR_VARIABLE:
         t, t_other = images(2 * B, 7), images(2 * B, 7)
         t_other[change] = images(len(change), 8)
         loc, loc_other = images(3 * B, 9, 16), images(3 * B, 9, 16)
@@ -200,15 +250,18 @@ def test_samples_do_not_depend_on_each_other(name, dtype):
         with torch.no_grad():
             *_, a = _run_pair(name, dtype, x, t, loc, seed=3)
             *_, b = _run_pair(name, dtype, other, t_other, loc_other, seed=3)
+        def real_ids(rec, rows):  # padding (ids -1 after the real tokens) depends on the batch
+            return [[i for i in rec.ids[r].tolist() if i >= 0] for r in rows]
+
         for pa, pb in zip(a.points, b.points):
-            assert torch.equal(pa.student.ids[keep_rows], pb.student.ids[keep_rows])
-            assert torch.equal(pa.teacher.ids[keep_rows], pb.teacher.ids[keep_rows])
-            assert torch.equal(pa.local.ids[loc_rows], pb.local.ids[loc_rows])
+            assert real_ids(pa.student, keep_rows) == real_ids(pb.student, keep_rows)
+            assert real_ids(pa.teacher, keep_rows) == real_ids(pb.teacher, keep_rows)
+            assert real_ids(pa.local, loc_rows) == real_ids(pb.local, loc_rows)
         pairs = [(a.student, b.student, keep_rows), (a.teacher, b.teacher, keep_rows),
                  (a.local, b.local, loc_rows)]
         for ra, rb, rows in pairs:
-            torch.testing.assert_close(ra.state.x[rows], rb.state.x[rows], atol=TOL[dtype],
-                                       rtol=TOL[dtype])
+            for xa, xb in zip(_real(ra.state, rows), _real(rb.state, rows)):
+                torch.testing.assert_close(xa, xb, atol=TOL[dtype], rtol=TOL[dtype])
         return
     ids_a, out_a = _one_branch_run(name, dtype, x, seed=3)
     ids_b, out_b = _one_branch_run(name, dtype, other, seed=3)
@@ -222,7 +275,7 @@ def test_samples_do_not_depend_on_each_other(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic_under_fixed_seed(name, dtype):
     x = images(2 * B, 11)
-    if name in PAIR:
+    if name in PAIR or name in PAIR_VARIABLE:
         t, loc = images(2 * B, 12), images(3 * B, 13, 16)
         with torch.no_grad():
             *_, a = _run_pair(name, dtype, x, t, loc, seed=5)
@@ -252,7 +305,7 @@ def test_rate_one_is_the_dense_forward(name):
         assert point.stats is None
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMES if create_reducer(n).exact_count])
 def test_rate_per_point(name):
     student, teacher = tiny_model(seed=0), tiny_model(seed=1)
     with torch.no_grad():
