@@ -20,7 +20,10 @@ Cache: a split whose decoded array (``N * 3 * S * S`` bytes) fits the limit (``c
 cache folder, written atomically (:mod:`simprune.atomic`). The file name holds a hash of the
 folder, ``load_size`` and every file's name, size and modification time, so an edited folder is
 decoded again (and the older cache of that folder and size is removed). Later runs read the array
-memory-mapped. A larger split is decoded lazily, batch by batch.
+memory-mapped. A larger split is *streamed*: training reads it through worker processes that cut
+every view from the whole image (:mod:`simprune.data.loader`, :mod:`simprune.data.crops`);
+evaluation decodes its ``load_size`` squares batch by batch. A data folder holding
+``shards.json`` is read as tar shards (:mod:`simprune.data.shards`).
 
 Corrupt images: :class:`~simprune.data.base.CorruptImageError` names the file and says how to fix
 it (replace or remove the file). Files are not opened when the folder is listed, so a broken file
