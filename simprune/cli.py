@@ -260,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                                             description=study.DESCRIPTION, allow_abbrev=False))
     except ImportError:  # pragma: no cover
         pass
+    from simprune.data.shards import add_shard_args
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data", required=True)
+    add_shard_args(data.add_parser("shard", help="an image folder as tar shards (multi-node reading)",
+                                   allow_abbrev=False))
     bench = sub.add_parser("bench", help="cost benchmarks").add_subparsers(dest="bench", required=True)
     try:
         from simprune.bench import flops, micro
@@ -273,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
         budget.add_budget_args(bench.add_parser("budget", help="the keep rate that meets a training-"
                                                 "FLOPs budget"))
+        from simprune.bench import data as bench_data
+
+        bench_data.add_data_args(bench.add_parser("data", help="loader images/s vs the step's, cores "
+                                                  "per GPU"))
     except ImportError:  # pragma: no cover - bench module missing
         pass
     return parser
@@ -332,10 +341,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return int(study.run_study(args) or 0)
     if args.command == "bench":
         from simprune.bench import budget, cost, flops, micro
+        from simprune.bench import data as bench_data
 
         fn = {"flops": flops.run_flops, "micro": micro.run_micro, "cost": cost.run_cost,
-              "budget": budget.run_budget}[args.bench]
+              "budget": budget.run_budget, "data": bench_data.run_data}[args.bench]
         return int(fn(args) or 0)
+    if args.command == "data":
+        from simprune.data.shards import run_shard
+
+        return run_shard(args)
     from simprune.viz.cli import run_viz
 
     handlers = {"train": run_train, "finetune": run_finetune, "eval": run_eval, "export": run_export,

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from . import augment_ops as ops
+from .crops import Crops
 from .eval_transform import EvalTransform
 from .stats import IMAGENET_MEAN, IMAGENET_STD, dataset_stats
 
@@ -209,8 +210,32 @@ def _augment_group(x: Tensor, group: _Group, photo: _Photo) -> tuple[Tensor, Ten
     if photo.antialias:
         ss = ops.supersample_factor(h, w, group.size, group.scale[1], photo.ratio[1])
     out = ops.crop_resize(x, boxes, flipped, group.size, ss)
+    return _photometric(out, u, order, group, photo), boxes, flipped
+
+
+def _cropped_group(x: Tensor, boxes: Tensor, group: _Group, photo: _Photo) -> tuple[Tensor, Tensor, Tensor]:
+    """Views of one group already cut by the loader (:class:`~simprune.data.crops.Crops`):
+    ``x [B, V, C, S, S]`` in ``[0, 1]``, ``boxes [B, V, 4]`` -> as :func:`_augment_group`. The
+    same random numbers are drawn (the crop columns go unused), then flip and the colour chain."""
+    b, v = x.shape[:2]
+    if v != len(group.blur_p) or x.shape[-1] != group.size or x.shape[-2] != group.size:
+        raise ValueError(f"the loader cut views of {tuple(x.shape[1:])} for a group of {len(group.blur_p)} "
+                         f"views of {group.size} px")
+    u = torch.rand(v * b, _N_RAND, device=x.device)
+    order = torch.randperm(4).tolist()  # CPU generator: no device sync
+    flipped = (u[:, _FLIP] < photo.flip_p).reshape(v, b)
+    out = x.transpose(0, 1).reshape(v * b, *x.shape[2:])  # view-major, as _augment_group
+    out = torch.where(flipped.reshape(-1, 1, 1, 1), out.flip(-1), out)
+    return _photometric(out, u, order, group, photo), boxes.transpose(0, 1), flipped
+
+
+def _photometric(out: Tensor, u: Tensor, order: list[int], group: _Group, photo: _Photo) -> Tensor:
+    """Colour jitter, grayscale, blur and solarize of ``out [V*B, C, S, S]`` (view-major)."""
     if not photo.color_ops:
-        return out, boxes, flipped
+        return out
+    c = out.shape[1]
+    b = out.shape[0] // len(group.blur_p)
+    x = out
     out = _color_jitter(out, u[:, _JITTER : _JITTER + 5], photo, order)
     if c == 3 and photo.grayscale_p > 0:
         out = ops.grayscale(out, u[:, _GRAY] < photo.grayscale_p)
@@ -227,7 +252,7 @@ def _augment_group(x: Tensor, group: _Group, photo: _Photo) -> tuple[Tensor, Ten
         out = ops.gaussian_blur(out, sigma, blur_kernel_size(group.size, photo.blur_kernel_frac))
     if any(p > 0 for p in group.solarize_p):
         out = ops.solarize(out, u[:, _SOLAR] < per_view(group.solarize_p))
-    return out, boxes, flipped
+    return out
 
 
 class _CropPipeline(nn.Module):
@@ -267,17 +292,33 @@ class _CropPipeline(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
 
-    def forward(self, images: Tensor) -> Views:
-        """``images``: uint8 ``[B, C, H, W]`` or float in ``[0, 1]``, on any device.
+    def forward(self, images: Tensor | Crops) -> Views:
+        """``images``: uint8 ``[B, C, H, W]`` or float in ``[0, 1]``, on any device; or the
+        :class:`~simprune.data.crops.Crops` the loader cut from whole images (then only flip and
+        the colour operations are applied here, and the boxes are the loader's).
 
         Move the module to the images' device (``.to(device)``) to avoid copying ``mean``/``std``.
         """
-        x = ops.to_unit_float(images, self.mean.numel())
-        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
+        cut = isinstance(images, Crops)
+        if cut and len(images.groups) != len(self.groups):
+            raise ValueError(f"the loader cut {len(images.groups)} view groups for an augmentation "
+                             f"of {len(self.groups)}")
+        x = self.mean.new_zeros(0) if cut else ops.to_unit_float(images, self.mean.numel())
+        dev = images.device if cut else x.device
+        dtype = torch.float32 if cut else x.dtype
+        mean, std = self.mean.to(dev, dtype), self.std.to(dev, dtype)
         views: list[Tensor] = []
         boxes, flips = [], []
-        for group in self.groups:
-            out, bx, fl = _augment_group(x, group, self.photo)
+        start = 0
+        for i, group in enumerate(self.groups):
+            if cut:
+                n = len(group.blur_p)
+                part = images.groups[i]
+                unit = ops.to_unit_float(part.flatten(0, 1), self.mean.numel()).reshape(part.shape)
+                out, bx, fl = _cropped_group(unit, images.boxes[:, start:start + n], group, self.photo)
+                start += n
+            else:
+                out, bx, fl = _augment_group(x, group, self.photo)
             out = ops.normalize(out, mean, std)
             views.extend(out.chunk(len(group.blur_p), dim=0))
             boxes.append(bx)

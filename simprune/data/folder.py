@@ -20,7 +20,10 @@ Cache: a split whose decoded array (``N * 3 * S * S`` bytes) fits the limit (``c
 cache folder, written atomically (:mod:`simprune.atomic`). The file name holds a hash of the
 folder, ``load_size`` and every file's name, size and modification time, so an edited folder is
 decoded again (and the older cache of that folder and size is removed). Later runs read the array
-memory-mapped. A larger split is decoded lazily, batch by batch.
+memory-mapped. A larger split is *streamed*: training reads it through worker processes that cut
+every view from the whole image (:mod:`simprune.data.loader`, :mod:`simprune.data.crops`);
+evaluation decodes its ``load_size`` squares batch by batch. A data folder holding
+``shards.json`` is read as tar shards (:mod:`simprune.data.shards`).
 
 Corrupt images: :class:`~simprune.data.base.CorruptImageError` names the file and says how to fix
 it (replace or remove the file). Files are not opened when the folder is listed, so a broken file
@@ -46,6 +49,7 @@ from torch.utils.data import Dataset
 from simprune.atomic import atomic_write
 
 from .base import CorruptImageError, DataNotFoundError, DataWarning, cache_limit_mb, default_cache_dir
+from .crops import CropSpec, cut_crops
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -94,10 +98,16 @@ def load_image(path: str | Path, load_size: int) -> Tensor:
                 img.draft("RGB", (load_size, load_size))
             return resize_crop(img, load_size)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
-        raise CorruptImageError(
-            f"cannot decode image {str(path)!r} ({type(e).__name__}: {e}). Replace it with a "
-            "readable copy, or delete it (or move it out of the data folder), then run the same "
-            "command again") from e
+        raise corrupt_image(path, e) from e
+
+
+def corrupt_image(name: str | Path, err: Exception) -> CorruptImageError:
+    """The error for an image that cannot be decoded: names it (a file, or a shard member) and
+    says what to do."""
+    return CorruptImageError(
+        f"cannot decode image {str(name)!r} ({type(err).__name__}: {err}). Replace it with a "
+        "readable copy, or delete it (or move it out of the data folder), then run the same "
+        "command again")
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -184,6 +194,20 @@ class ImageFolderDataset(Dataset):
         if self.images is not None:
             return torch.from_numpy(np.array(self.images[index])), label
         return load_image(path, self.load_size), label
+
+    @property
+    def streamed(self) -> bool:
+        """Not cached: training reads it through :mod:`simprune.data.loader`, crops cut from the
+        whole images (:mod:`simprune.data.crops`)."""
+        return self.images is None
+
+    def load_crops(self, index: int, spec: CropSpec, gen: torch.Generator) -> tuple[list[Tensor], Tensor]:
+        """The views :func:`~simprune.data.crops.cut_crops` cuts from item ``index``'s whole image."""
+        path = self.samples[index][0]
+        try:
+            return cut_crops(path, spec, gen)
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ...
+            raise corrupt_image(path, e) from e
 
     def get_batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """``idx`` int64 ``[B]`` -> ``(uint8 [B, 3, S, S], int64 [B])``: a gather from the cache,
@@ -296,7 +320,8 @@ def load_imagefolder(
     root: Path, split: str = "train", cache_dir: Path | None = None, load_size: int = 256,
     cache_mb: int | str | None = None, progress: bool = False, workers: int = 0,
 ) -> ImageFolderDataset:
-    """The split folder ``root/<split>`` with the training split's classes (see the module).
+    """The split folder ``root/<split>`` with the training split's classes (see the module);
+    the split of a shard folder when ``root`` holds ``shards.json`` (:mod:`simprune.data.shards`).
 
     Args:
         root: the data folder holding ``train/`` and the other splits.
@@ -314,6 +339,10 @@ def load_imagefolder(
     """
     root = Path(root)
     limit = cache_limit_mb(cache_mb)
+    if (root / "shards.json").is_file():  # a folder of tar shards (simprune data shard)
+        from .shards import load_shards
+
+        return load_shards(root, split, load_size)  # type: ignore[return-value]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     if not root.is_dir():

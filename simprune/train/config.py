@@ -155,7 +155,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     keep_every: int = 0  # steps; also keep checkpoint_<step>.pt copies (for `simprune viz`); 0: none
-    num_workers: int = 0
+    num_workers: int = -1  # loader worker processes; -1: one per free core (simprune.data.loader)
     # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised)
     knn_every: float = 0.0  # epochs; 0: only at the end
     knn_train: int = 10000
@@ -221,7 +221,9 @@ KEY_HELP = {
     "images_seen": "run length in training images, ceil(images_seen/batch_size) steps (instead of "
                    "epochs; 0: not given)",
     "max_steps": "stop early at this step; schedules keep the full run length (0: none)",
-    "num_workers": "threads that decode image folder batches that are not cached",
+    "num_workers": "worker processes that decode and crop the batches of a split that is not cached "
+                   "(a large image folder, tar shards); 0: in the training process; -1 (default): "
+                   "one per free core",
     "progress_bar": "tqdm bars for training, evaluation and dataset caching (false: log lines only)",
 }
 

@@ -27,6 +27,8 @@ from simprune.atomic import atomic_write_text, remove_stale_temps
 from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
 from simprune.data.datasets import dataset_key
 from simprune.data.folder import default_load_size
+from simprune.data.loader import resolve_workers, train_loader
+from simprune.data.shards import shard_sampler
 from simprune.data.split import check_split, split_training_set
 from simprune.data.stats import dataset_stats
 from simprune.eval.features import random_subset
@@ -125,7 +127,8 @@ def load_split(cfg: TrainConfig, root: Path, split: str) -> Any:
     options: dict[str, Any] = {}
     if dataset_key(cfg.dataset) == "imagefolder":
         options = {"load_size": cfg.load_size or default_load_size(cfg.global_size),
-                   "progress": bool(cfg.progress_bar and dist.is_main()), "workers": cfg.num_workers}
+                   "progress": bool(cfg.progress_bar and dist.is_main()),
+                   "workers": resolve_workers(cfg.num_workers)}
     return load_dataset(cfg.dataset, root, split, **options)
 
 
@@ -182,9 +185,10 @@ def check_config(cfg: TrainConfig) -> None:
     for key in ("log_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1 (steps), got {getattr(cfg, key)}")
-    for key in ("keep_every", "max_steps", "num_workers", "train_subset"):
+    for key in ("keep_every", "max_steps", "train_subset"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    resolve_workers(cfg.num_workers)
     check_split(cfg.held_out, cfg.train_on)
     if cfg.time_limit < 0:
         raise ValueError(f"time_limit must be >= 0 minutes (0: none), got {cfg.time_limit}")
@@ -315,11 +319,19 @@ class Trainer:
         self.framework = build_framework(cfg, self.data).to(self.device)
         make_filter = getattr(self.framework, "sample_filter", None)
         self.filter = make_filter(subset) if make_filter is not None else None
-        self.sampler = ResumableSampler(subset, cfg.batch_size, cfg.seed, self.rank, self.world,
-                                        self.filter)
+        # tar shards: each process reads its own shards (simprune.data.shards)
+        self.sampler = (shard_sampler(self.train_set, subset, cfg.batch_size, cfg.seed, self.rank,
+                                      self.world, self.filter)
+                        or ResumableSampler(subset, cfg.batch_size, cfg.seed, self.rank, self.world,
+                                            self.filter))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = planned_steps(cfg, self.steps_per_epoch)
         self.augment = build_augment(cfg, self.framework, self.data).to(self.device)
+        # a split that is not cached is read by worker processes (None: gathered from memory)
+        self.loader = train_loader(
+            self.train_set, self.sampler, self.augment, steps_per_epoch=self.steps_per_epoch,
+            seed=cfg.seed, num_workers=cfg.num_workers, stop=self.total_steps, device=self.device,
+            rank=self.rank, world=self.world, whole=cfg.deterministic and self.world > 1)
         self.model: nn.Module = self.framework
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -369,7 +381,8 @@ class Trainer:
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                 "step": self.step, "total_steps": self.total_steps, "rng": rng_state(),
                 "train_seconds": self.train_seconds + self._sitting_seconds(),
-                "eval": self.eval_results}
+                "eval": self.eval_results,
+                "data_position": getattr(self.sampler, "position", lambda _: None)(self.step)}
 
     def _restore(self, saved: dict[str, Any]) -> None:
         self.framework.load_state_dict(saved["framework"])
@@ -378,6 +391,12 @@ class Trainer:
         if self.filter is not None and saved.get("sampler_filter") is not None:
             self.filter.load_state_dict(saved["sampler_filter"])
         self.step = saved["step"]
+        check = getattr(self.sampler, "check_position", None)
+        if check is not None:
+            try:
+                check(saved.get("data_position"), self.step)
+            except ValueError as e:
+                raise TrainingError(f"cannot resume {self.run_dir}: {e}") from None
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.eval_results = saved.get("eval", [])
         set_rng_state(saved["rng"])
@@ -451,8 +470,11 @@ class Trainer:
         epoch, it = divmod(step, self.steps_per_epoch)
         cfg = self.cfg
         whole = cfg.deterministic and self.world > 1
-        idx = self.sampler.global_batch_indices(epoch, it) if whole else self.sampler.batch(epoch, it)
-        images, labels = self._fetch(idx)
+        if self.loader is not None:  # made ahead by worker processes (simprune.data.loader)
+            images, labels, idx = self.loader.get(step)
+        else:
+            idx = self.sampler.global_batch_indices(epoch, it) if whole else self.sampler.batch(epoch, it)
+            images, labels = self._fetch(idx)
         images = images.to(self.device, non_blocking=True)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
