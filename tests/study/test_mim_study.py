@@ -41,4 +41,4 @@ def test_every_cell_is_finetuned_with_the_mim_recipe(study):
 def test_flops_are_relative_to_mae_at_075(study):
     got = {(c.method, c.seed): c.config for c in study.cells}
     assert flops_percent(got[("MAE 0.75", 0)]) == 100.0
-    assert flops_percent(got[("PCAE 0.85", 0)]) == pytest.approx(55.0, abs=0.1)  # teacher drops after the block
+    assert flops_percent(got[("PCAE 0.85", 0)]) == pytest.approx(55.0, abs=0.1)  # drops after the block
