@@ -13,6 +13,8 @@ is needed to interpret them later:
 - ``attn_mask``: an optional attention-connection mask (Tri-Level E-ViT), ``True`` = may attend.
 - ``attn_keys``: the same connections in gathered form (Tri-Level E-ViT's sparse option): for each
   patch query the positions of the keys it may attend to; prefix queries attend to every key.
+- ``restore``: what a clustering reducer needs to bring every token back at a later point
+  (Expediting ViT's reconstruction, :mod:`simprune.reducers.expedite`); ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class TokenState:
             query may attend to, prefix queries dense; ``None``: no gathered connections. Set only
             by the reducer that recomputes it at every point (``attn_topk``), so a reduction that
             reorders tokens drops it (:func:`gather_patches`, :func:`append_patch`).
+        restore: opaque data of the reducer that will restore the tokens later (Expediting ViT's
+            reconstruction), carried unchanged through the blocks; any other reduction drops it.
     """
 
     x: Tensor
@@ -48,6 +52,7 @@ class TokenState:
     attn_mask: Tensor | None = None
     num_prefix: int = 1
     attn_keys: Tensor | None = None
+    restore: object | None = None
 
     @property
     def num_patches(self) -> int:

@@ -25,6 +25,15 @@ def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - Train
                         freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)
 
 
+def num_patches(cfg) -> int:  # noqa: ANN001 - TrainConfig
+    """Patch tokens of a global view: ``(global_size / patch_size)²``."""
+    from simprune.models import model_config
+    from simprune.train.config import model_overrides
+
+    vc = model_config(cfg.model, **model_overrides(cfg))
+    return (vc.img_size // vc.patch_size) ** 2
+
+
 def check_point_zero(method: str, reducer: TokenReducer, reduce_at: Sequence[int]) -> None:
     """Point 0 (after the patch embedding) has no attention yet: refuse reducers that read it."""
     needs = set(reducer.needs)
@@ -47,6 +56,7 @@ def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - T
         return ReductionPlan(), ReductionPlan()
     reducer = create_reducer(rc.method, **rc.options)
     check_point_zero(rc.method, reducer, rc.reduce_at)
+    reducer.check_plan(rc.reduce_at, num_patches(cfg))
     keep = KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
     student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")
     if reducer.is_pair:

@@ -1,6 +1,16 @@
 """Token reducers: one file per method, all reachable by name through :func:`create_reducer`."""
 
-from simprune.reducers import attn_topk, evit, mctf, mean_sim, pcae_ptr, random, simprune, tome  # noqa: F401
+from simprune.reducers import (  # noqa: F401
+    attn_topk,
+    evit,
+    expedite,
+    mctf,
+    mean_sim,
+    pcae_ptr,
+    random,
+    simprune,
+    tome,
+)
 from simprune.reducers.base import REDUCERS, PairReducer, TokenReducer, create_reducer
 from simprune.reducers.schedule import WINDOWS, KeepRateSchedule, window_position
 from simprune.reducers.simprune import SimPruneReducer
