@@ -4,7 +4,7 @@ DINO (:mod:`simprune.frameworks.dino`: its heads, centring, temperatures, multi-
 loss) plus the two things DINOv2 adds, on the same global crops:
 
 - **iBOT** masked-patch loss (:mod:`simprune.losses.ibot`): the student sees the global crops with
-  block masks (:mod:`simprune.data.block_mask`; half the global batch's crops masked, ratios
+  block masks (:mod:`simprune.drive.block_mask`; half the global batch's crops masked, ratios
   stratified over ``mask_ratio_min_max``), the mask token replacing the patch embedding at point 0;
   the teacher sees them unmasked. At every masked position both branches still hold, the student's
   patch distribution (DINO head, or a separate one with ``ibot_separate_head``) learns the
@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simprune import dist
-from simprune.data.block_mask import BlockMasks, BlockMaskSpec, batch_block_masks, check_block_mask
 from simprune.drive import DualOutput
+from simprune.drive.block_mask import BlockMasks, BlockMaskSpec, batch_block_masks, check_block_mask
 from simprune.drive.masked_pair import masked_dual_forward, masked_rows
 from simprune.frameworks.base import DENSE, FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
 from simprune.frameworks.dino import DINO, DINOConfig

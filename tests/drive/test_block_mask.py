@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from simprune.data.block_mask import (
+from simprune.drive.block_mask import (
     BlockMaskSpec,
     batch_block_masks,
     check_block_mask,
