@@ -17,6 +17,8 @@ is needed to interpret them later:
   of tokens per sample (``dynamic_simprune``) pads each batch to its largest count; the padded
   slots are masked as keys in attention, carry ``ids == -1`` and own no original patch (``source``),
   so no loss that pools or aligns by ``ids`` reads them.
+- ``restore``: what a clustering reducer needs to bring every token back at a later point
+  (Expediting ViT's reconstruction, :mod:`simprune.reducers.expedite`); ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class TokenState:
             reorders tokens drops it (:func:`gather_patches`, :func:`append_patch`).
         valid: ``[B, P + N]`` bool, ``False`` at padded slots (masked as attention keys), or
             ``None`` when every slot is real.
+        restore: opaque data of the reducer that will restore the tokens later (Expediting ViT's
+            reconstruction), carried unchanged through the blocks; any other reduction drops it.
     """
 
     x: Tensor
@@ -55,6 +59,7 @@ class TokenState:
     num_prefix: int = 1
     attn_keys: Tensor | None = None
     valid: Tensor | None = None
+    restore: object | None = None
 
     @property
     def num_patches(self) -> int:

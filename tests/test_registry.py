@@ -91,7 +91,7 @@ PAIR_METHODS = ("student_needs", "teacher_needs", "reduce_pair", "reduce_against
 def test_reducer_protocol(name):
     """A pair reducer implements PairReducer's protocol; every other reducer reduces one point."""
     reducer = create_reducer(name)
-    n, k = 12, 7
+    n, k = 16, 7  # a square grid (expedite clusters on it)
     if reducer.is_pair:
         assert isinstance(reducer, PairReducer)
         assert not type(reducer).__abstractmethods__

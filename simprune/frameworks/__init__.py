@@ -1,7 +1,8 @@
-"""Training frameworks, registered by name (``FRAMEWORKS.names()``): DINO and MoCo v3 (dual-branch
-SSL with an EMA teacher), MAE and PCAE (masked image modelling), supervised classification and
-Tri-Level E-ViT (``trilevel``), and distillation from a frozen teacher (``distill``). See
-:mod:`simprune.frameworks.base` for the protocol a new framework implements."""
+"""Training frameworks, registered by name (``FRAMEWORKS.names()``): DINO, DINOv2-style (DINO +
+iBOT + KoLeo, ``dinov2``) and MoCo v3 (dual-branch SSL with an EMA teacher), MAE and PCAE (masked
+image modelling), supervised classification and Tri-Level E-ViT (``trilevel``), and distillation
+from a frozen teacher (``distill``). See :mod:`simprune.frameworks.base` for the protocol a new
+framework implements."""
 
 from simprune.frameworks.base import (
     DENSE,
@@ -13,6 +14,7 @@ from simprune.frameworks.base import (
     StepOutput,
 )
 from simprune.frameworks.dino import DINO, DINOConfig
+from simprune.frameworks.dinov2 import DINOv2, DINOv2Config
 from simprune.frameworks.distill import Distill, DistillConfig
 from simprune.frameworks.dual import DualBranch
 from simprune.frameworks.mae import MAE, MAEConfig
@@ -21,7 +23,8 @@ from simprune.frameworks.pcae import PCAE, PCAEConfig
 from simprune.frameworks.supervised import Supervised, SupervisedConfig
 from simprune.frameworks.trilevel import Trilevel, TrilevelConfig
 
-__all__ = ["DENSE", "DINO", "FRAMEWORKS", "MAE", "PCAE", "Batch", "DINOConfig", "DataInfo", "Distill",
+__all__ = ["DENSE", "DINO", "FRAMEWORKS", "MAE", "PCAE", "Batch", "DINOConfig", "DINOv2",
+           "DINOv2Config", "DataInfo", "Distill",
            "DistillConfig", "DualBranch", "Framework", "MAEConfig", "MoCoV3", "MoCoV3Config",
            "PCAEConfig", "Progress", "StepOutput", "Supervised", "SupervisedConfig", "Trilevel",
            "TrilevelConfig"]

@@ -25,6 +25,15 @@ def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - Train
                         freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)
 
 
+def num_patches(cfg) -> int:  # noqa: ANN001 - TrainConfig
+    """Patch tokens of a global view: ``(global_size / patch_size)²``."""
+    from simprune.models import model_config
+    from simprune.train.config import model_overrides
+
+    vc = model_config(cfg.model, **model_overrides(cfg))
+    return (vc.img_size // vc.patch_size) ** 2
+
+
 def check_point_zero(method: str, reducer: TokenReducer, reduce_at: Sequence[int]) -> None:
     """Point 0 (after the patch embedding) has no attention yet: refuse reducers that read it."""
     needs = set(reducer.needs)
@@ -53,6 +62,7 @@ def build_plans(cfg) -> tuple[ReductionPlan, ReductionPlan]:  # noqa: ANN001 - T
         options["flops_budget"] = rc.flops_budget  # the reducer meets the budget itself
     reducer = create_reducer(rc.method, **options)
     check_point_zero(rc.method, reducer, rc.reduce_at)
+    reducer.check_plan(rc.reduce_at, num_patches(cfg))
     own = getattr(reducer, "keep_schedule", None)  # a reducer without a keep rate (dynamic_simprune)
     keep = own() if own is not None else KeepRateSchedule(rc.keep_rate, *rc.keep_warmup, rc.keep_ramp)
     student = ReductionPlan(reducer, keep, rc.window if reducer.is_pair else "sliding")

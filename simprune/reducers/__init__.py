@@ -4,6 +4,7 @@ from simprune.reducers import (  # noqa: F401
     attn_topk,
     dynamic,
     evit,
+    expedite,
     mctf,
     mean_sim,
     pcae_ptr,

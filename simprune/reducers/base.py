@@ -12,6 +12,7 @@ Two kinds of reducer work at a :class:`~simprune.models.vit.ReductionPoint`:
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,6 +41,11 @@ class TokenReducer:
 
     def __call__(self, point: ReductionPoint, k: int) -> TokenState:
         raise NotImplementedError
+
+    def check_plan(self, reduce_at: Sequence[int], num_patches: int) -> None:
+        """Refuse, with a ``ValueError`` naming the values, a plan the reducer cannot run: its
+        reduction blocks ``reduce_at`` on ``num_patches`` patch tokens. Called when a framework
+        builds its plans (before training); default: every plan is fine."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

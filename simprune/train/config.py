@@ -398,7 +398,12 @@ def _alias_target(key: str, framework: str, table: dict[str, str]) -> str:
     """The dotted key a flat alias stands for (``*.`` aliases: the running framework's section);
     other keys unchanged."""
     target = table.get(key, key)
-    return f"{framework}.{target[2:]}" if target.startswith("*.") else target
+    if not target.startswith("*."):
+        return target
+    leaf, sections = target[2:], framework_sections()
+    owners = [s for s, cls in sections.items() if leaf in {f.name for f in fields(cls)}]
+    # the running framework's key; else the first section that has it (then refused, named)
+    return f"{framework}.{leaf}" if framework in owners or not owners else f"{owners[0]}.{leaf}"
 
 
 def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]:

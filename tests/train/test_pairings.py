@@ -47,6 +47,42 @@ def test_framework_reducer_pairing_trains(framework, method, data_root, tmp_path
     assert (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+DINOV2 = {"dense": {}, "simprune": {}, "simprune_protect": {"method": "simprune", "protect_masked": True},
+          "evit": {}, "tome": {}, "random": {},
+          "expedite": {"reduce_at": [4, 10], "reducer_options": {"recon_at": 10}}}
+
+
+@pytest.mark.parametrize("case", sorted(DINOV2))
+def test_dinov2_reducer_pairing_trains(case, data_root, tmp_path):
+    """DINOv2-style training (iBOT + KoLeo, 2 local views) with every reducer kind: A.4's SimPrune
+    (literal and protect_masked), one-branch EViT, ToMe, random, and Expediting ViT with
+    reconstruction; each pairing's bench flops_ratio is below 1."""
+    from simprune.bench.flops import step_report
+
+    torch.set_num_threads(1)
+    extra = {"method": case, **DINOV2[case]}
+    cfg = make_config(with_heads(dict(TINY, framework="dinov2")), {
+        "data": str(data_root), "out": str(tmp_path / "run"), "max_steps": 3, "eval_at_end": False,
+        "local_views": 2, **extra})
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    assert result["step"] == 3
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rec = lines[-1]
+    for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "kl_to_center",
+                "ibot_teacher_entropy", "ibot_kl_to_center"):
+        assert all(math.isfinite(r[key]) for r in lines), key
+    assert rec["loss"] == pytest.approx(rec["dino_loss"] + rec["ibot_loss"] + 0.1 * rec["koleo_loss"],
+                                        rel=1e-4)
+    if case != "dense":
+        points = [k for k in rec if k.startswith("masked/p")]
+        assert points and all(0 <= rec[k] <= 1 for k in points)
+    if case in ("dense", "simprune_protect"):
+        assert all(rec[k] == 1.0 for k in rec if k.startswith("masked/p"))
+    report = step_report(cfg)
+    assert report["flops_ratio"] == 1.0 if case == "dense" else report["flops_ratio"] < 1.0
+
+
 def test_moco_teacher_head_uses_batch_statistics():
     """The momentum projector's BatchNorm must normalise with batch statistics (its running
     buffers are never trained), while the teacher backbone runs without drop-path."""

@@ -1,7 +1,8 @@
 """A run killed with SIGKILL mid-training resumes with exactly the same per-step losses: DINO
-with SimPrune; Tri-Level E-ViT with every level on and a remove-and-restore round on each side of
-the kill (the sampler's subset, pool and forgetting statistics come back from the checkpoint); and
-distillation into an EViT student (MAE and PCAE: test_mim_runs.py)."""
+with SimPrune; DINOv2-style training with SimPrune's A.4 pairing; Tri-Level E-ViT with every level
+on and a remove-and-restore round on each side of the kill (the sampler's subset, pool and
+forgetting statistics come back from the checkpoint); and distillation into an EViT student (MAE
+and PCAE: test_mim_runs.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from train_testkit import TINY, kill_and_resume, losses
 BASE = dict(TINY, epochs=0.75, deterministic=True, eval_at_end=False, ckpt_every=3, drop_path=0.1)
 CASES = {
     "dino": dict(framework="dino", method="simprune", local_views=2),
+    # iBOT + KoLeo, block masks drawn per (seed, step, row, view): the resumed run masks alike
+    "dinov2": dict(framework="dinov2", method="simprune", local_views=2),
     # 51 of 64 examples, 3 batches of 16 per epoch, 4 epochs: rounds at the start of epochs 1 and
     # 2 (steps 3 and 6); the kill comes after the step-3 checkpoint, so the resumed run redoes
     # the first round from the saved statistics and then runs the second

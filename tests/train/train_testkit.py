@@ -23,6 +23,7 @@ TINY = {
 TINY_HEADS: dict[str, dict[str, object]] = {
     "mocov3": {"moco_hidden": 64, "moco_dim": 32},
     "dino": {"out_dim": 64, "head_hidden": 64, "bottleneck": 16},
+    "dinov2": {"out_dim": 64, "head_hidden": 64, "bottleneck": 16},
     "supervised": {},
 }
 
