@@ -61,7 +61,8 @@ SET_HERE = ("reducer.method", "reducer.keep_rate", "reducer.keep_warmup", "out",
 CSV_COLUMNS = (
     "framework", "model", "method", "keep_rate", "batch_size", "time_ratio", "cpu_time_ratio",
     "flops_ratio", "step_gflops", "memory_ratio", "saved_mb", "saved_ratio", "cuda_peak_mb",
-    "cuda_peak_ratio", "simprune_vs_evit", "vs_base", "vs_base_cpu", "median_step_s", "page_faults",
+    "cuda_peak_ratio", "simprune_vs_evit", "vs_base", "vs_base_cpu", "median_step_s", "median_cpu_s",
+    "page_faults",
     *(f"{p}_ratio" for p in PHASES), *(f"{p}_share" for p in PHASES),
 )
 
@@ -206,7 +207,7 @@ def assemble(variants: Sequence[Variant], counted: dict[str, int], saved: dict[s
             "cuda_peak_ratio": peaks[v.label][0] / peaks[dense][0] if peaks else None,
             "cuda_peak_above_start_ratio": peaks[v.label][1] / peaks[dense][1] if peaks else None,
             "simprune_vs_evit": None, "simprune_vs_evit_cpu": None, "vs_base": None,
-            "vs_base_cpu": None, "median_step_s": m["step"],
+            "vs_base_cpu": None, "median_step_s": m["step"], "median_cpu_s": m["cpu"],
             "page_faults": m["faults"],
         }
         row["memory_ratio"] = row["cuda_peak_ratio"] if peaks else row["saved_ratio"]

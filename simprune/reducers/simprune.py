@@ -33,7 +33,7 @@ METRICS = ("hidden", "keys")
 #: students may share a partner), or a greedy one-to-one assignment (:func:`assign_one_to_one`)
 MATCHINGS = ("argmax", "one_to_one")
 #: proposal rounds of :func:`assign_one_to_one` before its fallback
-ONE_TO_ONE_ROUNDS = 16
+ONE_TO_ONE_ROUNDS = 8
 
 
 def match_tokens(student: Tensor, teacher: Tensor, matching: str = "argmax",
@@ -102,27 +102,26 @@ def proposal_rounds(sim: Tensor, rounds: int) -> tuple[Tensor, Tensor]:
     if rounds < 1:
         raise ValueError(f"one-to-one matching needs rounds >= 1, got {rounds}")
     dev = sim.device
-    idx = torch.arange(n, device=dev).expand(b, n)
     partner = torch.zeros(b, n, dtype=torch.long, device=dev)
     s_free = torch.ones(b, n, dtype=torch.bool, device=dev)
-    work = index_keys(sim)  # the columns of assigned teachers become -inf
-    neg = torch.finfo(sim.dtype).min
+    work = index_keys(sim)  # keys naming the teacher; assigned teachers' columns become -inf
+    i = torch.arange(n, device=dev)
+    low = 2**_KEY_BITS - 1
     for _ in range(rounds):
-        best_key = work.amax(dim=-1)
-        best = key_index(best_key, m)
-        best_sim = sim.gather(2, best.unsqueeze(-1)).squeeze(-1)
-        target = best.masked_fill(~s_free, m)  # the unassigned students' proposals; m: none
-        offer = best_sim.masked_fill(~s_free, neg)
-        top = torch.full((b, m + 1), neg, dtype=sim.dtype, device=dev)
+        bits = work.amax(dim=-1).view(torch.int64)  # each student's best unassigned teacher
+        best = key_index(bits.view(torch.float64), m)
+        # the same similarity keyed by the student (lowest index first among equals), so that a
+        # teacher's best proposal names its proposer
+        code = (bits >> 63).bitwise_and_(2 * i - (n - 1)).add_(n - 1 - i)
+        offer = ((bits & ~low) | code).view(torch.float64).masked_fill_(~s_free, float("-inf"))
+        target = best.masked_fill(~s_free, m)  # column m: no proposal
+        top = torch.full((b, m + 1), float("-inf"), dtype=torch.float64, device=dev)
         top.scatter_reduce_(1, target, offer, "amax")
-        cand = s_free & (offer == top.gather(1, target))
-        first = torch.full((b, m + 1), n, dtype=torch.long, device=dev)
-        first.scatter_reduce_(1, target.masked_fill(~cand, m), idx.masked_fill(~cand, n), "amin")
-        won = cand & (first.gather(1, target) == idx)
+        won = s_free & (top.gather(1, target) == offer)
         partner = torch.where(won, best, partner)
-        s_free = s_free & ~won
+        s_free &= ~won
         gone = torch.zeros(b, 1, m + 1, dtype=work.dtype, device=dev)
-        gone.scatter_(2, best.masked_fill(~won, m).unsqueeze(1), float("-inf"))
+        gone.scatter_(2, target.masked_fill_(~won, m).unsqueeze(1), float("-inf"))
         work.add_(gone[..., :m])
     return partner, s_free
 
