@@ -61,7 +61,8 @@ SET_HERE = ("reducer.method", "reducer.keep_rate", "reducer.keep_warmup", "out",
 CSV_COLUMNS = (
     "framework", "model", "method", "keep_rate", "batch_size", "time_ratio", "cpu_time_ratio",
     "flops_ratio", "step_gflops", "memory_ratio", "saved_mb", "saved_ratio", "cuda_peak_mb",
-    "cuda_peak_ratio", "simprune_vs_evit", "median_step_s", "page_faults",
+    "cuda_peak_ratio", "simprune_vs_evit", "vs_base", "vs_base_cpu", "median_step_s", "median_cpu_s",
+    "page_faults",
     *(f"{p}_ratio" for p in PHASES), *(f"{p}_share" for p in PHASES),
 )
 
@@ -205,7 +206,8 @@ def assemble(variants: Sequence[Variant], counted: dict[str, int], saved: dict[s
             "cuda_peak_mb": peaks[v.label][0] / 2**20 if peaks else None,
             "cuda_peak_ratio": peaks[v.label][0] / peaks[dense][0] if peaks else None,
             "cuda_peak_above_start_ratio": peaks[v.label][1] / peaks[dense][1] if peaks else None,
-            "simprune_vs_evit": None, "simprune_vs_evit_cpu": None, "median_step_s": m["step"],
+            "simprune_vs_evit": None, "simprune_vs_evit_cpu": None, "vs_base": None,
+            "vs_base_cpu": None, "median_step_s": m["step"], "median_cpu_s": m["cpu"],
             "page_faults": m["faults"],
         }
         row["memory_ratio"] = row["cuda_peak_ratio"] if peaks else row["saved_ratio"]
@@ -218,6 +220,13 @@ def assemble(variants: Sequence[Variant], counted: dict[str, int], saved: dict[s
             e = evit[r["keep_rate"]]
             r["simprune_vs_evit"] = r["time_ratio"] / e["time_ratio"]
             r["simprune_vs_evit_cpu"] = r["cpu_time_ratio"] / e["cpu_time_ratio"]
+    # a method with options (simprune:matching=one_to_one) against the same method without them
+    plain = {(r["method"], r["keep_rate"]): r for r in rows}
+    for r in rows:
+        base = plain.get((r["method"].partition(":")[0], r["keep_rate"]))
+        if base is not None and base is not r:
+            r["vs_base"] = r["time_ratio"] / base["time_ratio"]
+            r["vs_base_cpu"] = r["cpu_time_ratio"] / base["cpu_time_ratio"]
     return rows
 
 
@@ -240,21 +249,27 @@ def format_table(res: dict[str, Any]) -> str:
             f"{p} {100 * s:.1f}%" for p, s in res["dense_phase_share"].items()),
         "memory: " + ("peak allocated CUDA memory" if res["memory_metric"] == "cuda_peak"
                       else "bytes saved for backward"),
-        f"{'method':<10}{'keep':>6}{'time':>8}{'cpu':>8}{'FLOPs':>8}"
-        f"{'memory':>8}{'SP/EViT':>9}   {'augment':>8}{'forward':>8}{'backward':>9}{'update':>8}"
-        f"{'faults':>8}",
     ]
+    width = max(10, *(len(r["method"]) + 2 for r in res["rows"]))
+    options = any(r.get("vs_base") is not None for r in res["rows"])
+    lines.append(
+        f"{'method':<{width}}{'keep':>6}{'time':>8}{'cpu':>8}{'FLOPs':>8}"
+        f"{'memory':>8}{'SP/EViT':>9}" + (f"{'/base':>8}{'cpu':>7}" if options else "")
+        + f"   {'augment':>8}{'forward':>8}{'backward':>9}{'update':>8}{'faults':>8}")
     for r in res["rows"]:
+        opt = f"{_fmt(r.get('vs_base')):>8}{_fmt(r.get('vs_base_cpu')):>7}" if options else ""
         lines.append(
-            f"{r['method']:<10}{r['keep_rate']:>6.2f}{r['time_ratio']:>8.3f}{r['cpu_time_ratio']:>8.3f}"
-            f"{r['flops_ratio']:>8.3f}{r['memory_ratio']:>8.3f}"
-            f"{_fmt(r['simprune_vs_evit']):>9}   {r['augment_ratio']:>8.3f}{r['forward_ratio']:>8.3f}"
+            f"{r['method']:<{width}}{r['keep_rate']:>6.2f}{r['time_ratio']:>8.3f}"
+            f"{r['cpu_time_ratio']:>8.3f}{r['flops_ratio']:>8.3f}{r['memory_ratio']:>8.3f}"
+            f"{_fmt(r['simprune_vs_evit']):>9}{opt}   {r['augment_ratio']:>8.3f}{r['forward_ratio']:>8.3f}"
             f"{r['backward_ratio']:>9.3f}{r['update_ratio']:>8.3f}{r['page_faults'] / 1e3:>7.1f}k")
     lines += [f"note: {n}" for n in res.get("notes", [])]
     lines.append("ratios to dense; time = median step wall time, cpu = median process CPU time; "
                  "FLOPs = counted by FlopCounterMode in one real step (forward + backward); "
-                 "SP/EViT = SimPrune's time over EViT's at the same keep rate; augment..update = the "
-                 "phases' time ratios; faults = minor page faults per step")
+                 "SP/EViT = SimPrune's time over EViT's at the same keep rate; "
+                 + ("/base, cpu = a method with options over the same method without them (wall, "
+                    "CPU time); " if options else "")
+                 + "augment..update = the phases' time ratios; faults = minor page faults per step")
     return "\n".join(lines)
 
 

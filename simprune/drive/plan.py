@@ -37,8 +37,11 @@ class ReductionPlan:
         return self.keep(t) if self.reducer is not None else 1.0
 
     def position(self, t: float) -> float:
-        """The window position (pair reducers; 0 otherwise)."""
-        return window_position(self.window, t) if self.is_pair else 0.0
+        """The window position (pair reducers, whose ``reach`` may end the schedule early; 0
+        otherwise)."""
+        if not self.is_pair:
+            return 0.0
+        return window_position(self.window, t, getattr(self.reducer, "reach", 1.0))
 
 
 DENSE_PLAN = ReductionPlan()

@@ -78,7 +78,9 @@ class DualBranch(Framework):
         return terms(dual) if terms is not None else (0.0, {})
 
     def pruning_logs(self, dual: DualOutput, t: float) -> dict[str, Tensor | float]:
-        """Tokens kept per point, window position and SimPrune's pair statistics."""
+        """Tokens kept per point, window position and SimPrune's pair statistics: many-to-one,
+        duplicate partners, the teacher's fill-up share, mean similarity in the window and of all
+        pairs (device tensors: read only at log steps)."""
         logs: dict[str, Tensor | float] = {"keep_rate": self.plan.keep_rate(t)}
         if self.plan.is_pair:
             logs["window"] = self.plan.position(t)
@@ -88,4 +90,9 @@ class DualBranch(Framework):
                 logs[f"m2o/p{i}"] = pt.stats.many_to_one
                 logs[f"dup/p{i}"] = pt.stats.dup_partners
                 logs[f"sim_kept/p{i}"] = pt.stats.sim_kept
+                logs[f"sim/p{i}"] = pt.stats.sim_mean
+                if pt.stats.fill_up is not None:
+                    logs[f"fill/p{i}"] = pt.stats.fill_up
+                if pt.stats.fallback is not None:
+                    logs[f"fallback/p{i}"] = pt.stats.fallback
         return logs

@@ -61,6 +61,11 @@ class PairStats:
         sim_mean: mean similarity of all pairs; sim_kept: of the kept pairs.
         many_to_one: share of pruned pairs whose partner is also a kept pair's partner.
         dup_partners: share of kept pairs whose partner another kept pair already has.
+        fill_up: share of the teacher's kept tokens that are no kept pair's partner, i.e. came from
+            the CLS-attention fill-up (``None`` where the teacher is not reduced: local views).
+            With ``K`` teacher tokens kept (``K_t = K``) it equals ``dup_partners``.
+        fallback: with ``matching = "one_to_one"``, the share of pairs its proposal rounds left
+            to the fallback (``None`` with the argmax matching).
     """
 
     position: float
@@ -69,6 +74,8 @@ class PairStats:
     sim_kept: Tensor
     many_to_one: Tensor
     dup_partners: Tensor
+    fill_up: Tensor | None = None
+    fallback: Tensor | None = None
 
 
 class PairReducer(TokenReducer, metaclass=ABCMeta):
@@ -81,6 +88,9 @@ class PairReducer(TokenReducer, metaclass=ABCMeta):
     """
 
     is_pair: ClassVar[bool] = True
+    #: training progress at which the window schedule reaches its end (1: the end of training);
+    #: the schedule runs compressed over ``[0, reach]`` and holds its last position after
+    reach: float = 1.0
 
     @property
     @abstractmethod

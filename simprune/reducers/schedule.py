@@ -5,7 +5,9 @@
   instead, PCAE's fine-tuning schedule).
 - Window positions ``p(t)`` for SimPrune (METHOD.md §3): ``sliding`` (``p = t``, the method),
   ``prune_dissimilar`` (``p = 0``), ``prune_similar`` (``p = 1``), ``two_stage`` (0 then 1 at
-  ``t = 0.5``) and ``two_stage_reverse`` (1 then 0).
+  ``t = 0.5``) and ``two_stage_reverse`` (1 then 0). Any of them can end early: with ``reach``
+  ``r ∈ (0, 1]`` the schedule runs over ``[0, r]`` and holds its end after, ``p(t) = f(min(1, t / r))``
+  (``sliding`` with ``r = 0.5`` reaches the least similar pairs half-way through training).
 """
 
 from __future__ import annotations
@@ -58,9 +60,21 @@ def two_stage_reverse(t: float) -> float:
     return 1.0 if _check_progress(t) < 0.5 else 0.0
 
 
-def window_position(name: str, t: float) -> float:
-    """Window position ``p`` of schedule ``name`` at progress ``t``."""
-    return WINDOWS.get(name)(t)
+def window_position(name: str, t: float, reach: float = 1.0) -> float:
+    """Window position ``p`` of schedule ``name`` at progress ``t``; with ``reach < 1`` the
+    schedule runs over ``[0, reach]`` of training and holds its end position after."""
+    window = WINDOWS.get(name)
+    if check_reach(reach) == 1.0:
+        return window(t)
+    return window(min(1.0, _check_progress(t) / reach))
+
+
+def check_reach(reach: float) -> float:
+    """A window's ``reach`` must be in ``(0, 1]``."""
+    if isinstance(reach, bool) or not isinstance(reach, (int, float)) or not 0.0 < reach <= 1.0:
+        raise ValueError(f"window reach must be a number in (0, 1] (the training progress at which "
+                         f"the window schedule ends), got {reach!r}")
+    return float(reach)
 
 
 #: shapes of the keep-rate warm-up between ``start`` and ``end``

@@ -10,6 +10,9 @@
 - ``simprune viz diversity``: PCAE's Figure 3a instead, the token diversity layer by layer with
   mean-similarity, random and no dropping, for fresh weights and every ``--ckpt``
   (:mod:`simprune.viz.diversity`).
+- ``simprune viz logs --runs RUN ...``: what runs logged, against training progress: SimPrune's
+  fill-up share, many-to-one, duplicate partners and window similarity per point by default, any
+  logged key (``loss``, ``knn_top1``, ...) with ``--metrics`` (:mod:`simprune.viz.logs`).
 
 Every figure shows the same two global views (fixed by ``--seed``) of one image: ``--image-index``
 of the run's data set split, or ``--image FILE``. PNGs go to ``--out`` (default ``<run>/viz/``,
@@ -35,9 +38,10 @@ BRANCHES = ("student", "teacher", "pair")
 
 def add_viz_args(p: argparse.ArgumentParser) -> None:
     """Flags of ``simprune viz``."""
-    p.add_argument("figure", nargs="?", choices=("masks", "diversity"), default="masks",
+    p.add_argument("figure", nargs="?", choices=("masks", "diversity", "logs"), default="masks",
                    help="masks (default): the kept patches; diversity: PCAE Fig. 3a, token "
-                        "diversity per layer (mean-sim / random / no dropping)")
+                        "diversity per layer (mean-sim / random / no dropping); logs: logged "
+                        "series of --runs against training progress")
     p.add_argument("--ckpt", action="extend", nargs="+", default=[], metavar="RUN_OR_CKPT",
                    help="run folder or checkpoint file; several (or a folder with several "
                         "checkpoint*.pt) give the across-training figure. None: fresh weights")
@@ -58,13 +62,23 @@ def add_viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML recipe for fresh weights (no --ckpt)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="config keys for fresh weights, e.g. model=deit_tiny_patch16_224 global_size=224")
-    p.add_argument("--out", default=None, help="output folder (default <run>/viz, or ./viz)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default <run>/viz, or ./viz); logs: a folder or a .png file")
     p.add_argument("--n-images", type=int, default=512, help="diversity: images of --split (512)")
     p.add_argument("--drop-at", type=int, nargs="+", default=[1, 5, 9],
                    help="diversity: blocks after whose attention tokens are dropped (1 5 9)")
     p.add_argument("--keep", type=float, default=0.5, help="diversity: share kept at each (0.5)")
     p.add_argument("--score", choices=("paper", "normalized"), default="paper",
                    help="diversity: the mean-similarity score (paper's, or the reference code's)")
+    p.add_argument("--runs", nargs="+", default=[], metavar="RUN",
+                   help="logs: run folders (or their metrics.jsonl), e.g. runs/study/x/*/seed0")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
+                   help="logs: logged keys or per-point families (default fill m2o dup sim_kept; "
+                        "also sim, window, loss, knn_top1, ...)")
+    p.add_argument("--x", choices=("progress", "epoch", "step"), default="progress",
+                   help="logs: the x axis (default progress = step / total steps)")
+    p.add_argument("--mean-seeds", action="store_true",
+                   help="logs: average runs in <method>/seed<N> folders per method")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -118,6 +132,13 @@ def _write(fig_fn, traces: list[PruningTrace], path: Path, **kwargs) -> Path:
 
 def run_viz(args: argparse.Namespace) -> int:
     """Make the figures; prints each path written. Returns 0."""
+    if getattr(args, "figure", "masks") == "logs":
+        from simprune.viz.logs import run_logs
+
+        run_logs(args.runs, args.metrics, args.x, args.out, args.mean_seeds)
+        return 0
+    if getattr(args, "runs", None):
+        raise ValueError("--runs belongs to 'simprune viz logs'; the mask figures take --ckpt")
     if getattr(args, "figure", "masks") == "diversity":
         from simprune.viz.diversity import run_diversity
 

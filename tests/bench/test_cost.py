@@ -116,6 +116,31 @@ def test_mocov3_json(tmp_path, capsys):
     assert res["rows"][1]["memory_ratio"] < 1.0
 
 
+def test_matching_variant_against_its_base(tmp_path, capsys):
+    """SimPrune's one-to-one matching is a method variant: same FLOPs counted (the matching is not
+    a matrix product), its time over plain SimPrune's in vs_base, a wide method column."""
+    from simprune.bench.cost import format_table
+
+    out = tmp_path / "match"
+    argv = [*TINY, "--framework", "mocov3", "--methods", "simprune", "simprune:matching=one_to_one",
+            "--keep-rates", "0.7", "--set", "moco_hidden=128", "--json", "--no-plot", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    dense, plain, one = res["rows"]
+    assert one["method"] == "simprune:matching=one_to_one"
+    assert one["flops_ratio"] == plain["flops_ratio"] < 1.0
+    assert plain["vs_base"] is None and dense["vs_base"] is None
+    assert one["vs_base"] == pytest.approx(one["time_ratio"] / plain["time_ratio"])
+    assert one["vs_base_cpu"] == pytest.approx(one["cpu_time_ratio"] / plain["cpu_time_ratio"])
+    table = format_table(res).splitlines()
+    header = next(ln for ln in table if ln.startswith("method"))
+    row = next(ln for ln in table if ln.startswith("simprune:matching=one_to_one "))
+    assert "/base" in header and len(row.split()) == len(header.split())
+    assert header.index("keep") + 4 == row.index("0.70") + 4  # aligned under the wide name
+    with (out / "cost.csv").open(newline="") as f:
+        assert float(list(csv.DictReader(f))[2]["vs_base"]) == pytest.approx(one["vs_base"])
+
+
 def test_supervised_runs(tmp_path, capsys):
     out = tmp_path / "sup"
     argv = [*TINY, "--framework", "supervised", "--methods", "evit", "--keep-rates", "0.7",

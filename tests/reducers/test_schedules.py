@@ -79,3 +79,46 @@ def test_bad_warmup_window(start, end):
         KeepRateSchedule(0.7, start=start, end=end)
     msg = str(err.value)
     assert f"start={start}" in msg and f"end={end}" in msg and "0 <= start <= end <= 1" in msg
+
+
+GRID = [i / 40 for i in range(41)]
+
+
+@pytest.mark.parametrize("reach", [0.2, 0.5, 0.75, 1.0])
+def test_window_reach_ends_the_schedule_early(reach):
+    """Re-derived: sliding moves linearly from 0 at t = 0 to 1 at t = reach, then stays at 1;
+    every schedule runs on the compressed clock min(1, t / reach)."""
+    for t in GRID:
+        want = t / reach if t < reach else 1.0
+        assert window_position("sliding", t, reach) == pytest.approx(want, abs=1e-12)
+        assert window_position("prune_similar", t, reach) == 1.0
+        assert window_position("prune_dissimilar", t, reach) == 0.0
+        if abs(t - reach / 2) > 1e-9:  # two-stage switches half-way through its reach
+            assert window_position("two_stage", t, reach) == (0.0 if t < reach / 2 else 1.0)
+    assert [window_position("sliding", t, 1.0) for t in TS] == TS  # reach 1: the paper's
+
+
+@pytest.mark.parametrize("reach", [0.0, -0.5, 1.5, "half", True])
+def test_bad_reach_is_one_clear_error(reach):
+    from simprune.reducers import create_reducer
+
+    with pytest.raises(ValueError, match=r"reach must be a number in \(0, 1\]"):
+        window_position("sliding", 0.3, reach)
+    with pytest.raises(ValueError, match=r"reach must be a number in \(0, 1\]"):
+        create_reducer("simprune", reach=reach)
+
+
+def test_reach_still_checks_progress():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        window_position("sliding", 1.5, 0.5)
+
+
+def test_plan_uses_the_reducers_reach():
+    from simprune.drive.plan import ReductionPlan
+    from simprune.reducers import create_reducer
+
+    plan = ReductionPlan(create_reducer("simprune", reach=0.5), KeepRateSchedule(0.7), "sliding")
+    assert [plan.position(t) for t in (0.0, 0.1, 0.25, 0.5, 0.8, 1.0)] == pytest.approx(
+        [0.0, 0.2, 0.5, 1.0, 1.0, 1.0])
+    default = ReductionPlan(create_reducer("simprune"), KeepRateSchedule(0.7), "sliding")
+    assert [default.position(t) for t in TS] == TS

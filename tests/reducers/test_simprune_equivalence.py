@@ -73,9 +73,11 @@ def _assert_matches_loop(student, teacher, s, t, attn, k, p):
     b, n = s.shape[0], s.shape[1] - 1
     assert s_out.num_patches == t_out.num_patches == k
     total_coll = total_pruned = 0
-    dups = []
+    dups, fills = [], []
     for bi in range(b):
         s_keep, t_keep, partner, sim, w, _ = ref_simprune(s[bi, 1:], t[bi, 1:], attn[bi, 1:], k, p)
+        # the fill-up share: teacher tokens kept that are no kept pair's partner
+        fills.append(sum(1 for j in t_keep if j not in {partner[i] for i in s_keep}) / len(t_keep))
         assert s_out.ids[bi].tolist() == s_keep
         assert t_out.ids[bi].tolist() == t_keep
         assert torch.equal(s_out.patches[bi], s[bi, 1:][s_keep])
@@ -90,6 +92,7 @@ def _assert_matches_loop(student, teacher, s, t, attn, k, p):
     expected_m2o = total_coll / total_pruned if total_pruned else 0.0
     assert math.isclose(float(stats.many_to_one), expected_m2o, abs_tol=1e-6)
     assert math.isclose(float(stats.dup_partners), sum(dups) / len(dups), abs_tol=1e-6)
+    assert math.isclose(float(stats.fill_up), sum(fills) / len(fills), abs_tol=1e-6)
     return stats
 
 
