@@ -67,7 +67,8 @@ def test_every_reducer_builds_and_declares_itself(name):
 
 @pytest.mark.parametrize(("name", "options", "expected"), [
     ("attn_topk", {"attn_keep": 0.5}, "AttnTopKReducer(attn_keep=0.5, attn_form='masked')"),
-    ("simprune", {"metric": "keys"}, "SimPruneReducer(metric='keys')"),
+    ("simprune", {"metric": "keys"},
+     "SimPruneReducer(metric='keys', matching='argmax', reach=1.0, rounds=8)"),
     ("tome", {}, "ToMeReducer()"),
 ])
 def test_repr_shows_options(name, options, expected):

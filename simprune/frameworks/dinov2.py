@@ -197,6 +197,10 @@ class DINOv2(DINO):
                 raise ValueError(f"{name}.protect_masked keeps the masked pairs of a pair reducer; it "
                                  f"applies to reducer.method {' or '.join(map(repr, pairs))}, got "
                                  f"{method!r}")
+        if method == "simprune" and cfg.reducer.options.get("matching", "argmax") != "argmax":
+            raise ValueError(f"{name} pairs SimPrune's visible tokens by argmax (A.4's alignment); "
+                             f"reducer.options matching {cfg.reducer.options['matching']!r} does not "
+                             "apply to it")
         if method == "expedite" and c.ibot_weight > 0 and not cfg.reducer.options.get("recon_at"):
             raise ValueError(f"{name}'s iBOT loss reads patch tokens at masked positions, which "
                              "expedite replaces by cluster centres: set reducer.options recon_at (a "

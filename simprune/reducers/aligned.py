@@ -62,7 +62,7 @@ def aligned_match(student: Tensor, teacher: Tensor, student_ids: Tensor, teacher
     Returns:
         ``partner: [B, N]`` teacher position and ``sim: [B, N]`` the pair's cosine (fp32).
     """
-    partner, sim = match_tokens(student, teacher)
+    partner, sim, _ = match_tokens(student, teacher)  # argmax (A.4 pairs visible tokens so)
     pos, found = identity_partner(student_ids, teacher_ids)
     s = F.normalize(student.float(), dim=-1)
     t = F.normalize(teacher.float(), dim=-1)
@@ -109,6 +109,9 @@ def reduce_aligned(reducer: SimPruneReducer, student: ReductionPoint, teacher: R
     """
     s_state, t_state = student.state, teacher.state
     check_pair(s_state, t_state)
+    if reducer.matching != "argmax":
+        raise ValueError(f"A.4's alignment pairs the visible tokens by argmax; SimPrune matching "
+                         f"{reducer.matching!r} does not apply to it")
     partner, sim = aligned_match(match_features(student, reducer.metric),
                                  match_features(teacher, reducer.metric),
                                  s_state.ids, t_state.ids, masked)
@@ -118,7 +121,7 @@ def reduce_aligned(reducer: SimPruneReducer, student: ReductionPoint, teacher: R
     else:
         keep, kept_mask = window_keep(sim, k, position)
     t_keep = teacher_keep(partner, kept_mask, cls_attention(teacher), min(k, m))
-    stats = pair_stats(partner, sim, kept_mask, m, position, window_start(n, k, position))
+    stats = pair_stats(partner, sim, kept_mask, m, position, window_start(n, k, position), t_keep)
     return gather_patches(s_state, keep), gather_patches(t_state, t_keep), stats
 
 

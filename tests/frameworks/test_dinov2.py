@@ -65,3 +65,10 @@ def test_step_logs_losses_survival_and_collapse():
     assert torch.isfinite(out.loss) and out.per_sample.shape == (4,)
     out.loss.backward()
     assert fw.student["mask_token"].token.grad is not None
+
+
+def test_one_to_one_matching_is_refused_with_the_alignment():
+    cfg = make_config({"framework": "dinov2", "model": "vit_nano_patch4_32", "method": "simprune",
+                       "keep_rate": 0.8, "reducer_options": {"matching": "one_to_one"}})
+    with pytest.raises(ValueError, match="pairs SimPrune's visible tokens by argmax"):
+        check_config(cfg)
