@@ -213,8 +213,6 @@ NOT_YET: dict[str, set[str]] = {
     "study": {"bench", "reducers"},
     # viz loads runs through train/ (config, checkpoint, loop)
     "viz": {"train"},
-    # the EMA teacher uses losses/ema.py (momentum schedule)
-    "teachers": {"losses"},
 }
 
 
