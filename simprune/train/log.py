@@ -104,8 +104,9 @@ def read_records(path: Path, repair: bool = False) -> list[tuple[dict[str, Any],
     return out
 
 
-class Progress:
-    """tqdm bar (main process) showing loss, lr and images/s."""
+class ProgressBar:
+    """tqdm bar (main process) showing loss, lr and images/s (not :class:`simprune.frameworks.Progress`,
+    which is where training stands)."""
 
     def __init__(self, total: int, initial: int, enabled: bool, bar: bool = True) -> None:
         self.bar = None

@@ -56,8 +56,7 @@ from simprune.train.config import (
     upgrade_saved,
 )
 from simprune.train.evaluate import EVAL_PROTOCOLS
-from simprune.train.log import MetricsLog
-from simprune.train.log import Progress as ProgressBar
+from simprune.train.log import MetricsLog, ProgressBar
 from simprune.train.optim import cosine, lr_at, set_hparams
 from simprune.train.sampler import ResumableSampler
 
