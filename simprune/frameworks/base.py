@@ -205,7 +205,7 @@ class Framework(nn.Module):
         return {}
 
     def sample_filter(self, indices: Tensor) -> Any:
-        """A :class:`~simprune.train.sampler.SampleFilter` over the training rows ``indices`` that
+        """A :class:`~simprune.data.sampler.SampleFilter` over the training rows ``indices`` that
         chooses the examples each epoch trains on (Tri-Level E-ViT's example level), or ``None``
         (the default): every example. The trainer saves its state in the checkpoint."""
         return None

@@ -78,7 +78,7 @@ def read_run(cell: Cell, folder: Path, peek_checkpoint: bool = True) -> CellResu
     if ckpt.is_file():
         step = total = None
         if peek_checkpoint:
-            from simprune.train.checkpoint import load_checkpoint
+            from simprune.checkpoint import load_checkpoint
 
             saved = load_checkpoint(ckpt)
             step, total = saved.get("step"), saved.get("total_steps")

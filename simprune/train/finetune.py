@@ -26,7 +26,7 @@ def run_config(src: str | Path) -> dict[str, Any]:
     src = Path(src)
     ckpt = src / "checkpoint.pt" if src.is_dir() else src
     if ckpt.suffix == ".pt":
-        from simprune.train.checkpoint import load_checkpoint
+        from simprune.checkpoint import load_checkpoint
 
         if not ckpt.is_file():
             raise FileNotFoundError(f"no checkpoint at {str(ckpt)!r}; pass a run folder, "

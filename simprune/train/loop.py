@@ -24,18 +24,7 @@ from torch import nn
 
 from simprune import dist
 from simprune.atomic import atomic_write_text, remove_stale_temps
-from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
-from simprune.data.datasets import dataset_key
-from simprune.data.folder import default_load_size
-from simprune.data.loader import resolve_workers, train_loader
-from simprune.data.shards import shard_sampler
-from simprune.data.split import check_split, split_training_set
-from simprune.data.stats import dataset_stats
-from simprune.eval.features import random_subset
-from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
-from simprune.interrupt import interrupts_deferred
-from simprune.models.init import check_init_options
-from simprune.train.checkpoint import (
+from simprune.checkpoint import (
     CKPT_NAME,
     CheckpointError,
     atomic_save,
@@ -45,6 +34,18 @@ from simprune.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
+from simprune.data.datasets import dataset_key
+from simprune.data.folder import default_load_size
+from simprune.data.loader import resolve_workers, train_loader
+from simprune.data.sampler import ResumableSampler
+from simprune.data.shards import shard_sampler
+from simprune.data.split import check_split, split_training_set
+from simprune.data.stats import dataset_stats
+from simprune.eval.features import random_subset
+from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
+from simprune.interrupt import interrupts_deferred
+from simprune.models.init import check_init_options
 from simprune.train.config import (
     TrainConfig,
     check_model,
@@ -58,7 +59,6 @@ from simprune.train.config import (
 from simprune.train.evaluate import EVAL_PROTOCOLS
 from simprune.train.log import MetricsLog, ProgressBar
 from simprune.train.optim import cosine, lr_at, set_hparams
-from simprune.train.sampler import ResumableSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

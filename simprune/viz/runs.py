@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
+from simprune.checkpoint import CKPT_NAME, load_checkpoint
 from simprune.train.config import ReducerConfig, TrainConfig, flatten, make_config, upgrade_saved
 from simprune.train.loop import build_framework
 

@@ -214,7 +214,7 @@ def test_run_resumed_right_after_a_round_matches_one_run(data_root, tmp_path):
 @pytest.mark.parametrize("form", ["masked", "sparse"])
 def test_a_step_reads_nothing_back_to_the_host(monkeypatch, form):
     """All three levels on, in the warm-up: forward and backward with every tensor-to-host read
-    disabled (the example level's statistics are device work too: tests/train/filters)."""
+    disabled (the example level's statistics are device work too: tests/data/filters)."""
     torch.manual_seed(0)
     cfg = _config(**{"reducer.method": "attn_topk", "reducer.keep_rate": 0.8,
                      "reducer.keep_warmup": [0.1, 0.5], "trilevel.example": "forgetting",
