@@ -32,7 +32,7 @@ def _config_flags() -> list[tuple[str, list[str], object]]:
     whose key stays flat, so that it sets the key of the framework the run uses."""
     from dataclasses import fields
 
-    from simprune.train.config import SECTION_CLASSES, TrainConfig, aliases, framework_sections
+    from simprune.config import SECTION_CLASSES, TrainConfig, aliases, framework_sections
 
     out: list[tuple[str, list[str], object]] = []
     base = TrainConfig()
@@ -60,7 +60,7 @@ def _config_flags() -> list[tuple[str, list[str], object]]:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from simprune.train.config import KEY_HELP
+    from simprune.config import KEY_HELP
 
     p.add_argument("--config", help="TOML recipe (see configs/); flags below override its keys")
     for dotted, flags, default in _config_flags():
@@ -97,7 +97,7 @@ def solve_budget(cfg: Any, overrides: dict[str, Any]) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from simprune.train.config import load_recipe, make_config
+    from simprune.config import load_recipe, make_config
     from simprune.train.loop import train
 
     base = load_recipe(args.config) if args.config else {}
@@ -131,7 +131,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     unless overridden; recipe and flags as for ``train``."""
     from pathlib import Path
 
-    from simprune.train.config import load_recipe
+    from simprune.config import load_recipe
     from simprune.train.finetune import finetune_config, run_config
     from simprune.train.loop import train
 

@@ -50,9 +50,9 @@ from simprune.bench.cost_step import (
 )
 from simprune.bench.flops import parse_option
 from simprune.bench.framework_defaults import bench_defaults, describe
+from simprune.config import TrainConfig, aliases, flatten, load_recipe, make_config
 from simprune.frameworks import DENSE
 from simprune.models.configs import model_config
-from simprune.train.config import TrainConfig, aliases, flatten, load_recipe, make_config
 from simprune.train.loop import check_config
 
 FILES = ("cost.csv", "cost.json", "cost.png")

@@ -1,7 +1,7 @@
 """One real training step per variant (dense, or a method at a keep rate), and what it costs.
 
 A :class:`Variant` is a framework built by :func:`simprune.train.loop.build_framework` from its
-:class:`~simprune.train.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
+:class:`~simprune.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
 AdamW over the student; every variant starts from the dense variant's weights. Its step does what
 :meth:`simprune.train.loop.Trainer.train_step` does, in four timed phases:
 
@@ -31,9 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from simprune.bench.flops_count import count_flops
+from simprune.config import TrainConfig, make_config
 from simprune.data.augment import Views
 from simprune.frameworks import DENSE, Batch, Framework, Progress
-from simprune.train.config import TrainConfig, make_config
 from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config, data_info
 from simprune.train.optim import set_hparams
 

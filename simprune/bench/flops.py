@@ -2,7 +2,7 @@
 
 Nothing here knows a framework or a reducer by name. The step is the one the trainer runs
 (:meth:`simprune.train.loop.Trainer.train_step`): the framework is built from a
-:class:`~simprune.train.config.TrainConfig` by :func:`~simprune.train.loop.build_framework`, its own
+:class:`~simprune.config.TrainConfig` by :func:`~simprune.train.loop.build_framework`, its own
 augmentation (:func:`~simprune.train.loop.build_augment`) turns random ``uint8`` images of the
 data set's shape into views (global and, where the framework has them, local views), and the
 framework's forward and the loss's backward run on CPU under ``torch.utils.flop_counter``
@@ -41,8 +41,8 @@ import torch
 
 from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
 from simprune.bench.framework_defaults import bench_defaults, describe
+from simprune.config import TrainConfig, load_recipe, make_config
 from simprune.frameworks import DENSE, FRAMEWORKS, Batch, Framework, Progress
-from simprune.train.config import TrainConfig, load_recipe, make_config
 from simprune.train.loop import build_augment, build_framework, check_config, data_info
 
 #: the configuration keys ``simprune bench flops`` sets from its own flags

@@ -40,8 +40,8 @@ from simprune.bench.cost_step import (
     synthetic_images,
     time_rounds,
 )
+from simprune.config import TrainConfig, make_config
 from simprune.frameworks import FRAMEWORKS
-from simprune.train.config import TrainConfig, make_config
 from simprune.train.loop import build_augment, build_framework, check_config, data_info
 
 FILES = ("mim_cost.csv", "mim_cost.json")

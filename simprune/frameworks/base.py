@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
+from simprune.config import FRAMEWORKS as _REGISTRY
 from simprune.data.augment import Views
 from simprune.registry import Registry
 
 if TYPE_CHECKING:
+    from simprune.config import TrainConfig
     from simprune.drive.lockstep import PairPoint
     from simprune.drive.single import PointRecord
     from simprune.models.vit import VisionTransformer
-    from simprune.train.config import TrainConfig
 
 DENSE = "dense"
 
@@ -226,7 +227,10 @@ class Framework(nn.Module):
         return getattr(self, branch)["backbone"]
 
 
-FRAMEWORKS: Registry[type[Framework]] = Registry("framework")
+#: Every framework by name. The registry object is the config layer's
+#: (:data:`simprune.config.FRAMEWORKS`, which reads each framework's section and defaults); it is
+#: named here too, where frameworks register.
+FRAMEWORKS: Registry[type[Framework]] = _REGISTRY
 
 
 def pair_frameworks_hint(method: str) -> str:

@@ -109,7 +109,7 @@ class MaskedAutoencoder(Framework):
     def cost_reference(cls, cfg):  # noqa: ANN001, ANN206 - TrainConfig -> TrainConfig
         """The step cost tables compare this one with: MAE at mask 0.75 with the same encoder and
         the same decoder (the paper's baseline; its 2.25× puts PCAE at 0.85 against it)."""
-        from simprune.train.config import make_config
+        from simprune.config import make_config
 
         c = cfg.fw
         return make_config(cfg.to_dict(), {

@@ -14,7 +14,7 @@ from simprune.reducers.base import PairReducer, TokenReducer
 
 def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
     """The ViT a config describes (named model and size overrides, reduction points, init)."""
-    from simprune.train.config import backbone_reduce_at, model_overrides
+    from simprune.config import backbone_reduce_at, model_overrides
 
     extra = {} if data is None else {"in_chans": data.in_chans}
     method = cfg.reducer.method

@@ -6,7 +6,7 @@ scaled by the framework's steps per epoch relative to training on every example
 from __future__ import annotations
 
 from simprune.bench.flops import StepCounter, dense_config, reference_config
-from simprune.train.config import TrainConfig, planned_steps
+from simprune.config import TrainConfig, planned_steps
 
 
 def epoch_share(cfg: TrainConfig) -> float:
@@ -22,7 +22,7 @@ def step_counter(cfg: TrainConfig) -> StepCounter:
     distillation teacher before it is trained), one built with the framework's cost-counting
     settings (:meth:`Framework.bench_defaults`: a random frozen teacher of the same architecture),
     which count the same FLOPs."""
-    from simprune.train.config import make_config
+    from simprune.config import make_config
     from simprune.train.loop import FRAMEWORKS
 
     try:

@@ -44,13 +44,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import (
+from simprune.config import (
     TrainConfig,
     aliases,
     flatten,
     load_recipe,
     make_config,
-    tomllib,
+    read_toml,
     valid_keys,
 )
 from simprune.train.finetune import finetune_config
@@ -195,13 +195,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
     from simprune.train.loop import check_config
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"study recipe {str(path)!r} not found")
-    try:
-        with path.open("rb") as f:
-            spec = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    spec = read_toml(path, "study recipe")
     unknown = sorted(set(spec) - set(STUDY_KEYS))
     if unknown:
         valid = "; ".join(f"{k} ({v})" for k, v in STUDY_KEYS.items())

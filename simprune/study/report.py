@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simprune.config import TrainConfig
 from simprune.study.flops import flops_percent
 from simprune.study.plots import write_plot
 from simprune.study.results import CellResult, read_cell, top1_metric, top1_of
-from simprune.train.config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from simprune.study.recipe import Study

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import TrainConfig, make_config
+from simprune.config import TrainConfig, make_config
 
 #: keys a fine-tuning run takes from the pre-trained run's config
 INHERITED = ("model", "patch_size", "embed_dim", "depth", "num_heads", "global_size", "load_size",

@@ -34,6 +34,16 @@ from simprune.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from simprune.config import (
+    TrainConfig,
+    check_model,
+    incompatible,
+    make_config,
+    planned_steps,
+    run_length_key,
+    size_note,
+    upgrade_saved,
+)
 from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
 from simprune.data.datasets import dataset_key
 from simprune.data.folder import default_load_size
@@ -46,16 +56,6 @@ from simprune.eval.features import random_subset
 from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
 from simprune.interrupt import interrupts_deferred
 from simprune.models.init import check_init_options
-from simprune.train.config import (
-    TrainConfig,
-    check_model,
-    incompatible,
-    make_config,
-    planned_steps,
-    run_length_key,
-    size_note,
-    upgrade_saved,
-)
 from simprune.train.evaluate import EVAL_PROTOCOLS
 from simprune.train.log import MetricsLog, ProgressBar
 from simprune.train.optim import cosine, lr_at, set_hparams

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from simprune.train.config import TrainConfig
+    from simprune.config import TrainConfig
     from simprune.viz.trace import PruningTrace
 
 #: the same as :data:`simprune.viz.trace.BRANCHES` (kept here so building the parser stays light)
@@ -133,7 +133,7 @@ def run_viz(args: argparse.Namespace) -> int:
         raise ValueError(f"--progress must be in [0, 1], got {args.progress}")
     kw = dict(branch=args.branch, show_original=not args.no_original)
     if not args.ckpt:
-        from simprune.train.config import load_recipe
+        from simprune.config import load_recipe
 
         recipe = load_recipe(args.config) if args.config else {}
         overrides = _parse_overrides(args.overrides)

@@ -113,7 +113,7 @@ def _images(cfg: Any, split: str, n: int, seed: int, data: str | None) -> Tensor
 
 def run_diversity(args: Any) -> int:
     """Compute the curves for a fresh backbone and every ``--ckpt``, write PNG and JSON."""
-    from simprune.train.config import load_recipe
+    from simprune.config import load_recipe
     from simprune.viz.runs import framework_from_run, fresh_framework, load_runs
 
     runs = load_runs(args.ckpt) if args.ckpt else []

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from simprune.config import TrainConfig
 from simprune.data.augment_ops import to_unit_float
 from simprune.drive import PairPoint, PointRecord
-from simprune.train.config import TrainConfig
 from simprune.train.loop import build_augment, build_framework
 
 BRANCHES = ("student", "teacher", "pair")

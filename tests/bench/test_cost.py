@@ -69,7 +69,7 @@ def test_memory_below_dense_and_falls_with_keep_rate(dino_run):
 
 def test_counted_flops_fall_with_keep_rate_and_match_bench_flops(dino_run):
     from simprune.bench.flops import step_flops
-    from simprune.train.config import make_config
+    from simprune.config import make_config
 
     rows = dino_run[1]["rows"]
     for m in METHODS:

@@ -15,13 +15,13 @@ from torch import nn
 
 from simprune.bench.flops import add_flops_args, dense_config, run_flops, step_flops, step_report
 from simprune.bench.micro import add_micro_args, run_micro
+from simprune.config import make_config
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.drive import forward_reduced
 from simprune.frameworks import DENSE, FRAMEWORKS, Framework, StepOutput
 from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.reducers import REDUCERS
 from simprune.tokens import num_keep
-from simprune.train.config import make_config
 
 NANO = "vit_nano_patch4_32"
 N_PATCHES = 64  # 32 px / patch 4

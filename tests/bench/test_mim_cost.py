@@ -12,7 +12,7 @@ import pytest
 from simprune.bench.cost import add_cost_args, run_cost
 from simprune.bench.flops import add_flops_args, run_flops, step_report
 from simprune.bench.mim_cost import plan_settings
-from simprune.train.config import make_config
+from simprune.config import make_config
 
 CPU = {"model": "vit_micro_patch4_32", "pos_embed": "sincos"}
 

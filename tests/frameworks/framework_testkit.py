@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from simprune.config import make_config
 from simprune.frameworks import Batch
-from simprune.train.config import make_config
 from simprune.train.loop import build_augment, build_framework, check_config, data_info
 
 #: MAE/PCAE at test size: the 48-wide nano ViT/4 and a 2-block, 16-wide decoder

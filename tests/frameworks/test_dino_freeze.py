@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from train_testkit import TINY_HEADS
 
+from simprune.config import make_config
 from simprune.data.augment import Views
 from simprune.frameworks import Batch, Progress
-from simprune.train.config import make_config
 from simprune.train.loop import build_framework
 
 

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import save_file
 from train_testkit import TINY
 
+from simprune.config import make_config
 from simprune.drive import forward_reduced
 from simprune.frameworks import Batch, Progress, distill
 from simprune.frameworks.distill import Distill, DistillConfig
 from simprune.models import create_model
 from simprune.teachers import load_frozen_teacher
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, build_augment, build_framework, check_config
 
 TEACHER = "vit_micro_patch4_32"  # 96 wide, the same 8x8 grid as the 48-wide nano student

@@ -11,6 +11,7 @@ import torch
 from reducer_testkit import images, tiny_model
 from train_testkit import TINY
 
+from simprune.config import make_config
 from simprune.drive import forward_reduced
 from simprune.drive.plan import ReductionPlan
 from simprune.frameworks import Batch, Progress
@@ -18,7 +19,6 @@ from simprune.frameworks.trilevel import Trilevel, attn_keep_at, trilevel_forwar
 from simprune.reducers import KeepRateSchedule, create_reducer
 from simprune.reducers.attn_topk import AttnTopKReducer
 from simprune.tokens import num_keep
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, build_augment, build_framework, check_config
 
 

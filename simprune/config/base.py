@@ -40,15 +40,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from simprune.config.toml import read_toml
+from simprune.registry import Registry
+
+#: Every training framework by name (``simprune.frameworks``; ``Framework`` subclasses). The
+#: registry lives here, below the frameworks, because the config reads what each framework declares
+#: about its keys (its section ``Config``, ``default_teacher``, ``eval_protocol``); the frameworks
+#: fill it when ``simprune.frameworks`` is imported, which reading it does first.
+FRAMEWORKS: Registry[Any] = Registry("framework", fill="simprune.frameworks")
 
 
 @dataclass
@@ -344,8 +347,6 @@ RESUMABLE_CHANGES = frozenset({
 
 def framework_sections() -> dict[str, type]:
     """Every registered framework's section dataclass, by framework name."""
-    from simprune.frameworks import FRAMEWORKS
-
     return {name: FRAMEWORKS.get(name).Config for name in FRAMEWORKS.names()}
 
 
@@ -511,8 +512,6 @@ def _run_length_given(layer: dict[str, Any], where: str) -> list[str]:
 
 
 def _default_teacher(framework: str) -> str:
-    from simprune.frameworks import FRAMEWORKS
-
     return FRAMEWORKS.get(framework).default_teacher
 
 
@@ -525,8 +524,6 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     framework, the method or the teacher kind, the recipe's keys that only applied to the old one
     are dropped and listed in ``notes``.
     """
-    from simprune.frameworks import FRAMEWORKS
-
     base_flat, over_flat = flatten(base or {}), flatten(overrides or {})
     framework = str(over_flat.get("framework", base_flat.get("framework", TrainConfig.framework)))
     FRAMEWORKS.get(framework)  # unknown framework: KeyError listing the known ones
@@ -572,14 +569,7 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a TOML recipe (base keys and section tables), checking its keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} not found")
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    data = read_toml(path, "recipe")
     _resolve(flatten(data), str(data.get("framework", TrainConfig.framework)), f"{path}: ")
     return data
 
