@@ -2,8 +2,8 @@
 
 Nothing here knows a framework or a reducer by name. The step is the one the trainer runs
 (:meth:`simprune.train.loop.Trainer.train_step`): the framework is built from a
-:class:`~simprune.config.TrainConfig` by :func:`~simprune.train.loop.build_framework`, its own
-augmentation (:func:`~simprune.train.loop.build_augment`) turns random ``uint8`` images of the
+:class:`~simprune.config.TrainConfig` by :func:`~simprune.run.build_framework`, its own
+augmentation (:func:`~simprune.run.build_augment`) turns random ``uint8`` images of the
 data set's shape into views (global and, where the framework has them, local views), and the
 framework's forward and the loss's backward run on CPU under ``torch.utils.flop_counter``
 (:mod:`simprune.bench.flops_count`, MATH attention so ``q@kᵀ`` and ``attn@v`` are seen).
@@ -30,7 +30,6 @@ Example: ``simprune bench flops --framework supervised --model vit_micro_patch4_
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -42,8 +41,9 @@ import torch
 from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
 from simprune.bench.framework_defaults import bench_defaults, describe
 from simprune.config import TrainConfig, load_recipe, make_config
+from simprune.config.flags import parse_option
 from simprune.frameworks import DENSE, FRAMEWORKS, Batch, Framework, Progress
-from simprune.train.loop import build_augment, build_framework, check_config, data_info
+from simprune.run import build_augment, build_framework, check_config, data_info
 
 #: the configuration keys ``simprune bench flops`` sets from its own flags
 FLAG_KEYS = ("framework", "model", "dataset", "global_size", "reducer.method", "reducer.keep_rate",
@@ -260,17 +260,6 @@ def _mim_fields(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- command line
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> ``(key, value)``; the value is a Python literal when it parses as one."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def add_flops_args(parser: argparse.ArgumentParser) -> None:

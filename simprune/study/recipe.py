@@ -53,6 +53,7 @@ from simprune.config import (
     read_toml,
     valid_keys,
 )
+from simprune.config.flags import parse_sets as config_sets
 from simprune.train.finetune import finetune_config
 
 STUDY_KEYS = {
@@ -172,12 +173,7 @@ def _finetune_table(spec: dict[str, Any], path: Path) -> tuple[Path | None, dict
 
 def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
     """``--set key=value`` strings -> overrides (values are parsed by the config's types)."""
-    out: dict[str, str] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = value
+    out = config_sets(items)
     _check_keys("--set", list(out))
     return out
 
@@ -192,7 +188,7 @@ def _rates(value: Any, where: str) -> list[float]:
 def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | Path | None = None,
                sets: dict[str, Any] | None = None) -> Study:
     """Read a study recipe and build every cell's config (all errors before anything runs)."""
-    from simprune.train.loop import check_config
+    from simprune.run import check_config
 
     path = Path(path)
     spec = read_toml(path, "study recipe")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -65,16 +65,6 @@ def add_viz_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=float, default=0.5, help="diversity: share kept at each (0.5)")
     p.add_argument("--score", choices=("paper", "normalized"), default="paper",
                    help="diversity: the mean-similarity score (paper's, or the reference code's)")
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
 
 
 def _load_image(args: argparse.Namespace, cfg: TrainConfig) -> tuple[Tensor, str]:
@@ -134,9 +124,10 @@ def run_viz(args: argparse.Namespace) -> int:
     kw = dict(branch=args.branch, show_original=not args.no_original)
     if not args.ckpt:
         from simprune.config import load_recipe
+        from simprune.config.flags import parse_sets
 
         recipe = load_recipe(args.config) if args.config else {}
-        overrides = _parse_overrides(args.overrides)
+        overrides = parse_sets(args.overrides)
         methods = args.methods or [base_method(overrides, base_method(recipe, "simprune"))]
         progress = args.progress if args.progress is not None else 0.0
         traces, image, label = [], None, ""
