@@ -175,8 +175,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from simprune.data import resolve_data_root
     from simprune.data.split import split_training_set
+    from simprune.run import check_device, check_eval_settings, data_info, load_run, load_split
     from simprune.train.evaluate import EVAL_PROTOCOLS
-    from simprune.train.loop import check_device, check_eval_settings, data_info, load_run, load_split
 
     check_device(args.device or "auto")
     cfg, fw, saved = load_run(args.ckpt)
@@ -216,7 +216,7 @@ def run_export(args: argparse.Namespace) -> int:
     from safetensors.torch import save
 
     from simprune.atomic import atomic_write
-    from simprune.train.loop import load_run
+    from simprune.run import load_run
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out!r} must end in .safetensors")

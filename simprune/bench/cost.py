@@ -53,7 +53,7 @@ from simprune.bench.framework_defaults import bench_defaults, describe
 from simprune.config import TrainConfig, aliases, flatten, load_recipe, make_config
 from simprune.frameworks import DENSE
 from simprune.models.configs import model_config
-from simprune.train.loop import check_config
+from simprune.run import check_config
 
 FILES = ("cost.csv", "cost.json", "cost.png")
 #: config keys the benchmark sets itself (dotted form)

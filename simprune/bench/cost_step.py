@@ -1,6 +1,6 @@
 """One real training step per variant (dense, or a method at a keep rate), and what it costs.
 
-A :class:`Variant` is a framework built by :func:`simprune.train.loop.build_framework` from its
+A :class:`Variant` is a framework built by :func:`simprune.run.build_framework` from its
 :class:`~simprune.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
 AdamW over the student; every variant starts from the dense variant's weights. Its step does what
 :meth:`simprune.train.loop.Trainer.train_step` does, in four timed phases:
@@ -34,8 +34,15 @@ from simprune.bench.flops_count import count_flops
 from simprune.config import TrainConfig, make_config
 from simprune.data.augment import Views
 from simprune.frameworks import DENSE, Batch, Framework, Progress
-from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config, data_info
-from simprune.train.optim import set_hparams
+from simprune.run import (
+    PRECISIONS,
+    build_augment,
+    build_framework,
+    build_optimizer,
+    check_config,
+    data_info,
+    set_hparams,
+)
 
 try:
     import resource
@@ -223,7 +230,7 @@ def build_variants(dense_cfg: TrainConfig, methods: Sequence[str], keep_rates: S
         fw = build_framework(cfg, data).to(device)
         if variants:
             fw.load_state_dict(variants[0].framework.state_dict())
-        opt = torch.optim.AdamW(fw.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = build_optimizer(cfg, fw)
         augment = build_augment(cfg, fw, data).to(device)
         variants.append(Variant(cfg, fw, augment, opt, images, labels, progress))
     return variants

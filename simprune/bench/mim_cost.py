@@ -42,7 +42,7 @@ from simprune.bench.cost_step import (
 )
 from simprune.config import TrainConfig, make_config
 from simprune.frameworks import FRAMEWORKS
-from simprune.train.loop import build_augment, build_framework, check_config, data_info
+from simprune.run import build_augment, build_framework, check_config, data_info
 
 FILES = ("mim_cost.csv", "mim_cost.json")
 CSV_COLUMNS = ("group", "label", "framework", "mask_ratio", "decoder", "random_drop", "batch_size",

@@ -18,8 +18,6 @@ from simprune.config.base import (
     TeacherConfig,
     TrainConfig,
     aliases,
-    backbone_reduce_at,
-    check_model,
     flatten,
     framework_sections,
     incompatible,
@@ -28,7 +26,6 @@ from simprune.config.base import (
     model_overrides,
     planned_steps,
     run_length_key,
-    size_note,
     upgrade_saved,
     valid_keys,
 )
@@ -37,7 +34,7 @@ from simprune.config.toml import read_toml
 __all__ = [
     "BASE_KEYS", "FRAMEWORKS", "KEY_HELP", "MODEL_SIZE_KEYS", "RESUMABLE_CHANGES", "RUN_LENGTH",
     "SECTION_CLASSES", "TEACHER_KEYS", "ReducerConfig", "TeacherConfig", "TrainConfig", "aliases",
-    "backbone_reduce_at", "check_model", "flatten", "framework_sections", "incompatible",
+    "flatten", "framework_sections", "incompatible",
     "load_recipe", "make_config", "model_overrides", "planned_steps", "read_toml", "run_length_key",
-    "size_note", "upgrade_saved", "valid_keys",
+    "upgrade_saved", "valid_keys",
 ]

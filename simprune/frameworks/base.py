@@ -102,6 +102,17 @@ class DataInfo:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups: decayed weights, and biases/norm parameters (1-d) with no decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0,
+                                                  "apply_wd": False}]
+
+
 class Framework(nn.Module):
     """Base of every training framework. Subclasses set the class attributes and implement
     :meth:`build`, :meth:`build_augment` and :meth:`forward`."""
@@ -188,8 +199,6 @@ class Framework(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups: weights decayed, biases and norms not."""
-        from simprune.train.optim import param_groups
-
         return param_groups(self.trainable())
 
     def eval_features(self, branch: str | None = None) -> Callable[[Tensor], Tensor] | None:

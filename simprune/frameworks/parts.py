@@ -4,18 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from simprune.config import TrainConfig, model_overrides
 from simprune.drive.plan import ReductionPlan
 from simprune.frameworks.base import DENSE
-from simprune.models import create_model
+from simprune.models import MODELS, create_model
 from simprune.models.vit import VisionTransformer
 from simprune.reducers import REDUCERS, KeepRateSchedule, create_reducer
 from simprune.reducers.base import PairReducer, TokenReducer
 
 
+def backbone_reduce_at(cfg: TrainConfig) -> tuple[int, ...]:
+    """The backbone's reduction points: ``reducer.reduce_at``; a dense run (which reduces nothing)
+    keeps only the default points that exist in a shallower model."""
+    points = tuple(cfg.reducer.reduce_at)
+    if cfg.reducer.method == "dense":
+        depth = cfg.depth or (MODELS.get(cfg.model).depth if cfg.model in MODELS else 0)
+        points = tuple(b for b in points if b <= depth) if depth else points
+    return points
+
+
 def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
     """The ViT a config describes (named model and size overrides, reduction points, init)."""
-    from simprune.config import backbone_reduce_at, model_overrides
-
     extra = {} if data is None else {"in_chans": data.in_chans}
     method = cfg.reducer.method
     if method != DENSE and method in REDUCERS:

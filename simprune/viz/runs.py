@@ -25,7 +25,7 @@ from torch import nn
 
 from simprune.checkpoint import CKPT_NAME, load_checkpoint
 from simprune.config import ReducerConfig, TrainConfig, flatten, make_config, upgrade_saved
-from simprune.train.loop import build_framework
+from simprune.run import build_framework
 
 
 @dataclass

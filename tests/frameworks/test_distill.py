@@ -260,8 +260,8 @@ def test_a_tiny_run_trains_resumes_evaluates_and_finetunes(teacher_file, data_ro
 
 def test_knn_and_the_linear_probe_read_the_pruned_student(teacher_file, data_root, monkeypatch):
     from simprune.data import load_dataset
+    from simprune.run import data_info
     from simprune.train.evaluate import knn_protocol
-    from simprune.train.loop import data_info
 
     cfg = distill_config(teacher_file, method="evit", keep_rate=0.5, knn_train=64, knn_test=32,
                          linear_probe=True, progress_bar=False)

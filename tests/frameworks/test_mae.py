@@ -10,8 +10,8 @@ from framework_testkit import build as build_framework_of
 from simprune.config import make_config
 from simprune.frameworks import MAE, Batch, Progress
 from simprune.losses.mim import patchify
+from simprune.run import build_framework, check_config, data_info
 from simprune.train.evaluate import pooled
-from simprune.train.loop import build_framework, check_config, data_info
 
 SMALL = {"framework": "mae", **SMALL_MIM}
 

@@ -6,7 +6,7 @@ import torch
 from viz_testkit import TINY, random_image, save_run
 
 from simprune.config import make_config
-from simprune.train.loop import build_framework
+from simprune.run import build_framework
 from simprune.viz.runs import (
     config_for,
     framework_from_run,
