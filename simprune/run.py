@@ -185,7 +185,7 @@ def check_config(cfg: TrainConfig) -> None:
         WINDOWS.get(rc.window)
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    check_init_options(cfg.init, cfg.pos_embed)
+    check_init_options(getattr(cfg.fw, "init", "deit"), cfg.pos_embed)
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
     for key in ("steps", "images_seen"):

@@ -108,6 +108,14 @@ class TeacherConfig:
 
 #: which teacher keys apply to which kind
 TEACHER_KEYS = {"momentum": ("ema",), "momentum_end": ("ema",), "path": ("frozen",), "model": ("frozen",)}
+#: base keys of an evaluation protocol, which apply only to the frameworks whose ``eval_protocol``
+#: it is (``knn``: weighted k-NN and the linear probe on frozen features); ``knn_test``,
+#: ``knn_every`` and ``eval_at_end`` apply to every protocol (``classify`` counts its test images
+#: with ``knn_test``)
+EVAL_KEYS = {"knn_train": "knn", "knn_k": "knn", "knn_temperature": "knn", "linear_probe": "knn"}
+#: what each evaluation protocol is, for the messages
+EVAL_NAMES = {"knn": "k-NN and linear probe on frozen features",
+              "classify": "top-1/top-5 of its classifier on test_split"}
 
 
 @dataclass
@@ -121,9 +129,7 @@ class TrainConfig:
     embed_dim: int = 0  # width; 0: the model's
     depth: int = 0  # blocks; 0: the model's
     num_heads: int = 0  # attention heads (must divide embed_dim); 0: the model's
-    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
-    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
-    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
+    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3, MAE, PCAE)
     # data
     dataset: str = "cifar10"
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
@@ -159,7 +165,8 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_every: int = 0  # steps; also keep checkpoint_<step>.pt copies (for `simprune viz`); 0: none
     num_workers: int = -1  # loader worker processes; -1: one per free core (simprune.data.loader)
-    # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised)
+    # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised);
+    # knn_train, knn_k, knn_temperature and linear_probe apply only to the knn protocol (EVAL_KEYS)
     knn_every: float = 0.0  # epochs; 0: only at the end
     knn_train: int = 10000
     knn_test: int = 2000
@@ -189,6 +196,9 @@ class TrainConfig:
         for section in ("reducer", "teacher"):  # only the keys that apply
             out[section] = {k: v for k, v in out[section].items() if not _not_applicable(
                 f"{section}.{k}", self.framework, self.reducer.method, self.teacher.kind)}
+        for key in EVAL_KEYS:
+            if _not_applicable(key, self.framework, self.reducer.method, self.teacher.kind):
+                del out[key]
         return out
 
     def get(self, key: str) -> Any:
@@ -280,6 +290,8 @@ def aliases() -> dict[str, str]:
     out: dict[str, str] = {}
     for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
         prefix = getattr(cls, "alias_prefix", "")
+        for flat, leaf in getattr(cls, "flat_aliases", {}).items():
+            out[flat] = f"{section}.{leaf}"
         for f in fields(cls):
             flat = (prefix + f.name) if prefix else f.name
             if section == "reducer" and f.name == "options":
@@ -382,6 +394,13 @@ def _not_applicable(key: str, framework: str, method: str, teacher_kind: str) ->
     if section and section != framework:
         return (f"'{key}' belongs to section [{section}] (framework {section!r}), but framework is "
                 f"{framework!r}")
+    if not section and key in EVAL_KEYS:
+        protocol, own = EVAL_KEYS[key], FRAMEWORKS.get(framework).eval_protocol
+        if own != protocol:
+            users = [n for n in FRAMEWORKS.names() if FRAMEWORKS.get(n).eval_protocol == protocol]
+            return (f"'{key}' belongs to the {protocol} evaluation ({EVAL_NAMES.get(protocol, protocol)}"
+                    f"; frameworks {', '.join(users)}), but framework {framework!r} evaluates by "
+                    f"{own} ({EVAL_NAMES.get(own, own)})")
     return None
 
 
@@ -503,24 +522,43 @@ def _flat_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(d).items()}
 
 
+#: base keys that moved into a framework's section (their flat name is now that section's alias)
+MOVED_TO_SECTIONS = {"init": "mocov3.init", "freeze_patch_embed": "mocov3.freeze_patch_embed"}
+
+
+def _section_default(dotted: str) -> Any:
+    section, _, leaf = dotted.rpartition(".")
+    cls = {**SECTION_CLASSES, **framework_sections()}.get(section)
+    return getattr(cls(), leaf) if cls is not None else None
+
+
 def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config in today's nested form. Configs saved before sections existed (flat
-    keys, e.g. ``moco_hidden``) are read through the flat aliases; keys they predate get defaults."""
-    if "reducer" in saved and isinstance(saved["reducer"], dict):
-        return saved
+    """A checkpoint's (or a study cell's ``config.json``) config in today's nested form.
+
+    Configs saved before sections existed (flat keys, e.g. ``moco_hidden``) are read through the flat
+    aliases; keys they predate get defaults. Configs saved before a base key moved into a framework's
+    section (:data:`MOVED_TO_SECTIONS`: MoCo v3's ``init``, ``freeze_patch_embed``) have it moved
+    there; in another framework's run it is dropped when it holds the default (it was always
+    written), and kept otherwise, so that a setting today's config cannot express is an error, not
+    silently lost. Keys that never applied to the run (the k-NN keys of a classifier, which old
+    configs always held) are dropped."""
+    nested = "reducer" in saved and isinstance(saved["reducer"], dict)
     framework = saved.get("framework", TrainConfig.framework)
     table = aliases()
+    flat = flatten(saved) if nested else dict(saved)
     keep: dict[str, Any] = {}
-    method = saved.get("method", ReducerConfig.method)
-    for k, v in saved.items():
-        target = _alias_target(k, framework, table)
+    for k, v in flat.items():
+        target = k if k in BASE_KEYS or "." in k else _alias_target(k, framework, table)
         section = _section_of(target)
         if section and section not in ("reducer", "teacher", framework):
-            continue  # the other framework's keys, which the flat config always held
+            moved = k in MOVED_TO_SECTIONS and v != _section_default(target)
+            if not moved:
+                continue  # another framework's key, which old configs always held
         keep[target] = v
-    # old flat configs always held every key: keep only what applies, as a recipe would
-    kind = _default_teacher(framework)
-    keep = {k: v for k, v in keep.items() if not _not_applicable(k, framework, method, kind)}
+    method = str(keep.get("reducer.method", ReducerConfig.method))
+    kind = str(keep.get("teacher.kind", "") or _default_teacher(framework))
+    keep = {k: v for k, v in keep.items() if k in MOVED_TO_SECTIONS.values() and not k.startswith(framework)
+            or not _not_applicable(k, framework, method, kind)}
     return make_config(keep).to_dict()
 
 

@@ -23,15 +23,18 @@ def backbone_reduce_at(cfg: TrainConfig) -> tuple[int, ...]:
     return points
 
 
-def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
-    """The ViT a config describes (named model and size overrides, reduction points, init)."""
+def build_backbone(cfg, data=None, init: str = "deit",  # noqa: ANN001 - TrainConfig, DataInfo
+                   freeze_patch_embed: bool = False) -> VisionTransformer:
+    """The ViT a config describes (named model and size overrides, reduction points, position
+    embedding). ``init`` and ``freeze_patch_embed`` are a framework's own choices (MoCo v3's
+    section has them); the default is DeiT's init with a trained patch projection."""
     extra = {} if data is None else {"in_chans": data.in_chans}
     method = cfg.reducer.method
     if method != DENSE and method in REDUCERS:
         extra["point_placement"] = REDUCERS.get(method).placement
     return create_model(cfg.model, reduce_at=backbone_reduce_at(cfg), drop_path_rate=cfg.drop_path,
-                        init=cfg.init, pos_embed=cfg.pos_embed,
-                        freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)
+                        init=init, pos_embed=cfg.pos_embed, freeze_patch_embed=freeze_patch_embed,
+                        **model_overrides(cfg), **extra)
 
 
 def check_point_zero(method: str, reducer: TokenReducer, reduce_at: Sequence[int]) -> None:

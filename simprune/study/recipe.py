@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from simprune.config import (
+    FRAMEWORKS,
     TrainConfig,
     aliases,
     flatten,
@@ -242,6 +243,8 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
             msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise ValueError(f"{where}: {msg}") from err
         dense = probe.reducer.method == "dense"
+        # the linear probe is part of the k-NN evaluation; a classifier reports its own top-1
+        probe_key = {"linear_probe": True} if FRAMEWORKS.get(probe.framework).eval_protocol == "knn" else {}
         budget = 0.0 if dense else probe.reducer.flops_budget
         if budget:  # one cell per seed, its keep rate solved from the budget (or the reducer's own)
             from simprune.bench.budget import check_budget_overrides
@@ -262,7 +265,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
                          else f"{slug}_kr{rate:g}")
             for seed in seeds:
                 cell_over = {**({} if rate is None else {"keep_rate": rate}), "seed": seed,
-                             "out": str(out_dir / cell_slug / f"seed{seed}"), "linear_probe": True}
+                             "out": str(out_dir / cell_slug / f"seed{seed}"), **probe_key}
                 try:
                     cfg = make_config(merged, {**m_over, **cell_over, **sets})
                     check_config(cfg)
