@@ -201,7 +201,7 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"run", "config", "frameworks", "data", "eval", "models"},
     "bench": {"run", "config", "frameworks", "drive", "models", "reducers", "data"},
     "study": {"run", "config", "train", "eval", "bench"},
-    "viz": {"run", "config", "frameworks", "drive", "data", "models"},
+    "viz": {"run", "config", "frameworks", "drive", "reducers", "data", "models"},
 }
 #: Leaf modules every part may use: they import no other part of simprune (but one another),
 #: which :func:`test_helpers_are_leaves` checks. ARCHITECTURE.md lists only ``dist.py``; the

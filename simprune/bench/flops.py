@@ -69,22 +69,15 @@ def dense_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def reference_config(cfg: TrainConfig) -> TrainConfig | None:
-    """The step ``cfg``'s step is compared with: the framework's ``cost_reference`` where it has
-    one (MAE, PCAE: MAE at mask 0.75 with the same decoder), else the dense config (``None`` when
-    ``cfg`` is dense itself)."""
-    ref = getattr(FRAMEWORKS.get(cfg.framework), "cost_reference", None)
-    if ref is not None:
-        return ref(cfg)
-    return None if cfg.reducer.method == DENSE else dense_config(cfg)
+    """The step ``cfg``'s step is compared with: the framework's ``cost_reference`` (by default the
+    dense config; MAE, PCAE: MAE at mask 0.75 with the same decoder; ``None`` when ``cfg`` is its
+    own reference)."""
+    return FRAMEWORKS.get(cfg.framework).cost_reference(cfg)
 
 
 def cost_label(cfg: TrainConfig) -> str:
-    """How tables name a config's step (the framework's ``cost_label``, else method and keep)."""
-    label = getattr(FRAMEWORKS.get(cfg.framework), "cost_label", None)
-    if label is not None:
-        return label(cfg)
-    rc = cfg.reducer
-    return f"{cfg.framework} {rc.method}" + ("" if rc.method == DENSE else f" keep {rc.keep_rate:g}")
+    """How tables name a config's step (the framework's ``cost_label``)."""
+    return FRAMEWORKS.get(cfg.framework).cost_label(cfg)
 
 
 # ----------------------------------------------------------------------------- the count
@@ -246,17 +239,9 @@ def step_report(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) ->
         "step_gflops": pruned.total / 1e9, "dense_step_gflops": dense.total / 1e9,
         "gflops_per_image": pruned.per_image / 1e9, "dense_gflops_per_image": dense.per_image / 1e9,
         "parts": parts, "tokens": pruned.points, "tokens_source": pruned.points_source,
-        "dense_tokens": dense.points, "config": cfg.to_dict(), **_mim_fields(cfg),
+        "dense_tokens": dense.points, "config": cfg.to_dict(),
+        **FRAMEWORKS.get(cfg.framework).cost_fields(cfg),
     }
-
-
-def _mim_fields(cfg: TrainConfig) -> dict[str, Any]:
-    """Mask ratio and decoder size of a config whose framework has them (MAE, PCAE)."""
-    fw = cfg.fw
-    if not hasattr(fw, "mask_ratio"):
-        return {}
-    return {"mask_ratio": fw.mask_ratio, "decoder": f"{fw.decoder_depth}x{fw.decoder_dim}",
-            "decoder_depth": fw.decoder_depth, "decoder_dim": fw.decoder_dim}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -307,7 +292,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             over[key] = default
     reducer = base.get("reducer", {}) if isinstance(base.get("reducer"), dict) else {}
     fw_cls = FRAMEWORKS.get(str(given.get("framework", over.get("framework"))))
-    if "mask_ratio" in over and not hasattr(fw_cls.Config, "mask_ratio"):
+    if "mask_ratio" in over and not fw_cls.masks:
         raise ValueError(f"--mask-ratio: framework {fw_cls.__name__} masks nothing (MAE and PCAE do)")
     takes = fw_cls.reducers != ()
     if takes and not any(k in given or k in reducer for k in ("method", "reducer.method")) \

@@ -140,6 +140,44 @@ class Framework(nn.Module):
     #: reduction is its masking)
     reducers: ClassVar[tuple[str, ...] | None] = None
 
+    #: what cost tables may vary besides the reducer: ``masks`` — the share of patches the encoder
+    #: hides is ``<name>.mask_ratio`` (MAE, PCAE); the mask ratios ``bench cost`` measures when
+    #: none are given (empty: the recipe's); log keys of a forward a cost row reports
+    #: (``decoded``: tokens the decoder reconstructs per image)
+    masks: ClassVar[bool] = False
+    cost_mask_ratios: ClassVar[tuple[float, ...]] = ()
+    cost_logs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def cost_reference(cls, cfg: TrainConfig) -> TrainConfig | None:
+        """The step cost tables compare ``cfg``'s step with. Default: the same run without token
+        reduction (``None`` when ``cfg`` reduces nothing: it is its own reference). MAE and PCAE:
+        MAE at mask 0.75 with the same decoder."""
+        if cfg.reducer.method == DENSE:
+            return None
+        from simprune.config import make_config
+
+        return make_config(cfg.to_dict(), {"reducer.method": DENSE})
+
+    @classmethod
+    def cost_label(cls, cfg: TrainConfig) -> str:
+        """How cost tables name ``cfg``'s step. Default: framework, method and keep rate."""
+        rc = cfg.reducer
+        return f"{cfg.framework} {rc.method}" + ("" if rc.method == DENSE else f" keep {rc.keep_rate:g}")
+
+    @classmethod
+    def cost_mask_ratio(cls, cfg: TrainConfig) -> float | None:
+        """The share of patches ``cfg``'s encoder never sees (``None``: it masks nothing)."""
+        return None
+
+    @classmethod
+    def cost_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """What a cost row says about ``cfg``'s setting besides its method and keep rate (MAE,
+        PCAE: mask ratio and decoder size, without which their tables cannot be read). Default:
+        the mask ratio when there is one."""
+        ratio = cls.cost_mask_ratio(cfg)
+        return {} if ratio is None else {"mask_ratio": ratio}
+
     @classmethod
     def accepts_reducer(cls, method: str) -> bool:
         """Whether ``[reducer] method`` may be ``method`` in this framework."""

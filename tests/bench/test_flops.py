@@ -56,7 +56,7 @@ def test_every_framework_reducer_pairing_has_a_flops_ratio():
         report = step_report(config(fw, method))
         ratio = report["flops_ratio"]
         assert math.isfinite(ratio) and 0.0 < ratio <= 1.05, (fw, method, ratio)
-        if hasattr(FRAMEWORKS.get(fw), "cost_reference"):  # MAE, PCAE: vs MAE at mask 0.75
+        if FRAMEWORKS.get(fw).masks:  # MAE, PCAE: their cost_reference is MAE at mask 0.75
             assert report["reference"].startswith("mae mask 0.75") and report["train_flops"] > 0
         elif method == DENSE:
             assert ratio == 1.0
@@ -219,6 +219,7 @@ def test_micro_runs_and_reports_json(capsys):
     torch.manual_seed(0)
     assert run_micro(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["variant"] for r in out["results"]] == ["student", "simprune"]
+    assert [(r["variant"], r["reducer"]) for r in out["results"]] == [("student", "evit_nofuse"),
+                                                                       ("pair", "simprune")]
     for r in out["results"]:
         assert 0.5 < r["flops_ratio"] < 1.0
