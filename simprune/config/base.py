@@ -238,6 +238,34 @@ KEY_HELP = {
                    "(a large image folder, tar shards); 0: in the training process; -1 (default): "
                    "one per free core",
     "progress_bar": "tqdm bars for training, evaluation and dataset caching (false: log lines only)",
+    "framework": "the training framework (its section [<framework>] holds its own keys)",
+    "pos_embed": "position embedding: learned, or sincos (fixed 2-D sine-cosine: MoCo v3, MAE, PCAE)",
+    "global_scale": "random-resized-crop area range of the global views (fractions of the image)",
+    "time_limit": "minutes per sitting; stops with a checkpoint, schedules unchanged (0: none)",
+    "batch_size": "global batch (images per optimiser step), split over processes",
+    "lr": "base learning rate at batch 256 when lr_scale (lr * batch_size/256), else as given",
+    "lr_scale": "scale lr by batch_size/256 (DINO's rule)",
+    "min_lr": "learning rate at the end of the cosine schedule",
+    "warmup_frac": "share of training with a linear learning-rate warm-up",
+    "weight_decay": "AdamW weight decay at the start (weights only, not biases or norms)",
+    "weight_decay_end": "weight decay at the end (cosine from weight_decay)",
+    "clip_grad": "clip the gradient norm at this value (0: no clipping)",
+    "drop_path": "stochastic depth rate of the backbone",
+    "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
+    "seed": "seed of initialisation, data order, augmentation and masking",
+    "deterministic": "deterministic torch algorithms (slower; bitwise-repeatable runs)",
+    "device": "auto, cpu, cuda, cuda:<index> or mps",
+    "out": "run folder: checkpoint.pt, config.json, metrics.jsonl, results.json",
+    "log_every": "steps between log lines (and the non-finite-loss check)",
+    "ckpt_every": "steps between checkpoints",
+    "keep_every": "also keep checkpoint_<step>.pt copies every this many steps, for viz (0: none)",
+    "knn_every": "evaluate every this many epochs during training (0: only at the end)",
+    "knn_train": "k-NN bank and linear-probe training images (0: all)",
+    "knn_test": "test images evaluated, k-NN or top-1 (0: all)",
+    "knn_k": "neighbours of the weighted k-NN",
+    "knn_temperature": "temperature of the weighted k-NN's votes",
+    "eval_at_end": "evaluate when training ends",
+    "linear_probe": "also fit a linear probe on the frozen k-NN features at the end",
 }
 
 #: the keys that give a run's length; a recipe (and the command line) gives at most one
@@ -359,6 +387,13 @@ def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]
             valid = ", ".join(f.name for f in fields(sections[section]))
             raise ValueError(f"{where}unknown key {leaf!r} in [{section}]; valid: {valid}")
         import difflib
+
+        table_name = k if isinstance(v, dict) else section  # a [table] or a dotted key's section
+        if table_name:
+            close = difflib.get_close_matches(table_name, list(sections), n=1)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            raise ValueError(f"{where}unknown section [{table_name}].{hint} Sections: "
+                             f"{', '.join('[' + s + ']' for s in sections)}")
 
         close = difflib.get_close_matches(k, [*BASE_KEYS, *table], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

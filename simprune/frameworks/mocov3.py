@@ -34,12 +34,12 @@ class MoCoV3Config:
     #: flat names that stand for keys of this section besides ``moco_<key>``
     flat_aliases: ClassVar[dict[str, str]] = {"init": "init", "freeze_patch_embed": "freeze_patch_embed"}
 
-    dim: int = 256
-    hidden: int = 4096
-    temperature: float = 0.2
+    dim: int = 256  # output width of the projector and predictor
+    hidden: int = 4096  # hidden width of the projector and predictor MLPs
+    temperature: float = 0.2  # InfoNCE temperature
     color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
-    blur: bool = True
-    solarize: bool = True
+    blur: bool = True  # Gaussian blur of the views
+    solarize: bool = True  # solarize the second view
     init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
     freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
 
