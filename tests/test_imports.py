@@ -186,8 +186,9 @@ def _describe(cycle: list[str], imports: list[Import], when: tuple[str, ...]) ->
 ALLOWED: dict[str, set[str]] = {
     "tokens": set(),
     "models": set(),
-    # ReductionPoint (a reducer's input) lives with the blocks whose extras it carries
-    "reducers": {"simprune.models.vit"},
+    # ReductionPoint (a reducer's input) lives with the blocks whose extras it carries; MCTF's
+    # proportional attention uses the blocks' attention bias
+    "reducers": {"simprune.models.vit", "simprune.models.layers"},
     "drive": {"models", "reducers"},
     "losses": set(),
     "teachers": {"models"},

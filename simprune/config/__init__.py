@@ -24,6 +24,7 @@ from simprune.config.base import (
     load_recipe,
     make_config,
     model_overrides,
+    owns_flops_budget,
     planned_steps,
     run_length_key,
     upgrade_saved,
@@ -33,8 +34,8 @@ from simprune.config.toml import read_toml
 
 __all__ = [
     "BASE_KEYS", "FRAMEWORKS", "KEY_HELP", "MODEL_SIZE_KEYS", "RESUMABLE_CHANGES", "RUN_LENGTH",
-    "SECTION_CLASSES", "TEACHER_KEYS", "ReducerConfig", "TeacherConfig", "TrainConfig", "aliases",
-    "flatten", "framework_sections", "incompatible",
-    "load_recipe", "make_config", "model_overrides", "planned_steps", "read_toml", "run_length_key",
+    "ReducerConfig", "SECTION_CLASSES", "TEACHER_KEYS", "TeacherConfig", "TrainConfig", "aliases",
+    "flatten", "framework_sections", "incompatible", "load_recipe", "make_config",
+    "model_overrides", "owns_flops_budget", "planned_steps", "read_toml", "run_length_key",
     "upgrade_saved", "valid_keys",
 ]

@@ -403,6 +403,13 @@ def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]
     return out
 
 
+def owns_flops_budget(method: str) -> bool:
+    """Whether reducer ``method`` takes ``reducer.flops_budget`` itself (no keep rate to solve)."""
+    from simprune.reducers import REDUCERS
+
+    return method in REDUCERS and bool(getattr(REDUCERS.get(method), "owns_flops_budget", False))
+
+
 def _is_pair(method: str) -> bool:
     from simprune.reducers import REDUCERS
 

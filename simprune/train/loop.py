@@ -37,6 +37,7 @@ from simprune.checkpoint import (
 from simprune.config import (
     TrainConfig,
     incompatible,
+    owns_flops_budget,
     planned_steps,
     run_length_key,
 )
@@ -87,9 +88,7 @@ def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images
         line += f"; this sitting stops at max_steps {cfg.max_steps}"
     rc = cfg.reducer
     if rc.method != "dense" and rc.flops_budget:
-        from simprune.reducers import REDUCERS
-
-        if getattr(REDUCERS.get(rc.method), "owns_flops_budget", False):
+        if owns_flops_budget(rc.method):
             line += f"; {rc.method} flops budget {rc.flops_budget:g}"
         else:
             line += f"; keep rate {rc.keep_rate:g} solved from flops budget {rc.flops_budget:g}"
