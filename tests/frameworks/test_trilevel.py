@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from reducer_testkit import images, tiny_model
-from train_testkit import TINY
+from train_testkit import TINY, with_heads
 
 from simprune.config import make_config
 from simprune.drive import forward_reduced
@@ -183,7 +183,7 @@ def test_run_resumed_right_after_a_round_matches_one_run(data_root, tmp_path):
     """Killed right after round 1 (or between the rounds), the run resumes with the same subset,
     pool and statistics, and ends with the same weights and example level as a run in one go."""
     torch.set_num_threads(1)
-    over = {**TINY, "framework": "trilevel", "data": str(data_root), "epochs": 3.0,
+    over = {**with_heads({**TINY, "framework": "trilevel"}), "data": str(data_root), "epochs": 3.0,
             "deterministic": True, "eval_at_end": False, "ckpt_every": 1, "log_every": 13,
             "method": "attn_topk", "keep_rate": 0.7, "reducer.options": {"attn_keep": 0.5},
             "trilevel": {"example": "forgetting", "example_keep": 0.75, "remove_frac": 0.0625,
