@@ -255,6 +255,9 @@ def measure(settings: Sequence[tuple[str, TrainConfig]], device: torch.device, w
         print(f"[bench cost] {msg}", file=sys.stderr, flush=True)
 
     cfg = settings[0][1]
+    # the reduction points of the reducing settings (a dense reference keeps the default ones)
+    reduce_at = next((list(c.reducer.reduce_at) for _, c in settings if c.reducer.method != DENSE),
+                     list(cfg.reducer.reduce_at))
     load = {"start": os.getloadavg()}
     say(f"building {len(settings)} variants of {cfg.framework} {cfg.model}")
     variants = build_settings(settings, device, progress)
@@ -273,7 +276,7 @@ def measure(settings: Sequence[tuple[str, TrainConfig]], device: torch.device, w
     rows = assemble(variants, counted, saved, peaks, logs, compare)
     return {
         "framework": cfg.framework, "model": cfg.model, "batch_size": cfg.batch_size,
-        "global_size": cfg.global_size, "reduce_at": list(cfg.reducer.reduce_at),
+        "global_size": cfg.global_size, "reduce_at": reduce_at,
         "precision": cfg.precision, "device": str(device),
         "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats, "progress": progress,
         "memory_metric": "cuda_peak" if peaks else "saved_for_backward",

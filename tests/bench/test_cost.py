@@ -184,3 +184,20 @@ def test_config_precedence_and_defaults():
     assert (flags.batch_size, flags.fw.hidden) == (32, 512)
     at = train_config(parse(["--reduce-at", "3", "6"]))
     assert at.reducer.reduce_at == [3, 6]
+
+
+def test_the_grid_of_a_reducer_framework_is_one_group_against_dense():
+    """plan_settings: the dense reference first, then every method x keep rate with the reduction
+    points given; the comparison pairs the first two methods given."""
+    from simprune.bench.cost import comparison, plan_settings
+
+    cfg = train_config(parse([*TINY[:4], "--framework", "mocov3", "--reduce-at", "2", "3"]))
+    plan = plan_settings(cfg, ["simprune", "evit"], [0.9, 0.7])
+    assert [(c.reducer.method, c.reducer.keep_rate if c.reducer.method != "dense" else None)
+            for _, c in plan] == [("dense", None), ("simprune", 0.9), ("simprune", 0.7), ("evit", 0.9),
+                                  ("evit", 0.7)]
+    assert {g for g, _ in plan} == {"mocov3 dense"}
+    assert all(list(c.reducer.reduce_at) == [2, 3] for _, c in plan[1:])
+    assert comparison(["evit", "tome:x=1", "simprune"]) == ("evit", "tome") and comparison(["evit"]) is None
+    with pytest.raises(ValueError, match="masks nothing"):
+        plan_settings(cfg, ["evit"], [0.9], mask_ratios=[0.8])
