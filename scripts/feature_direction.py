@@ -21,7 +21,7 @@ from simprune.data.stats import dataset_stats
 from simprune.eval.direction import mean_energy_share, mean_pairwise_cosine
 from simprune.eval.features import random_subset
 from simprune.losses.kd import standardize
-from simprune.train.loop import load_run
+from simprune.run import load_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
+    from simprune.config import load_recipe
     from simprune.data import load_dataset, resolve_data_root
-    from simprune.train.config import load_recipe
     from simprune.train.loop import build_augment
     from simprune.viz.runs import framework_from_run, fresh_framework, load_runs
 

@@ -1,4 +1,4 @@
-"""``simprune train | eval | export | bench`` — the command line.
+"""``simprune train | finetune | eval | export | viz | study | bench`` — the command line.
 
 Errors in what the user asked for (unknown names, bad values, missing data, incompatible
 checkpoints) print one clear line and exit with status 2; they are never tracebacks. Errors of the
@@ -25,62 +25,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _config_flags() -> list[tuple[str, list[str], object]]:
-    """``(dotted key, flags, default)`` for every config key: base keys by name, section keys as
-    ``--section.key`` plus their flat alias (``--keep-rate``, ``--moco-hidden``). A key that several
-    framework sections have (``--mask-ratio`` of MAE and PCAE, ``--pool``) is one flag of its own
-    whose key stays flat, so that it sets the key of the framework the run uses."""
-    from dataclasses import fields
-
-    from simprune.train.config import SECTION_CLASSES, TrainConfig, aliases, framework_sections
-
-    out: list[tuple[str, list[str], object]] = []
-    base = TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name in SECTION_CLASSES or f.name in ("fw", "notes"):
-            continue
-        out.append((f.name, [_flag(f.name)], getattr(base, f.name)))
-    back: dict[str, list[str]] = {}
-    for flat, dotted in aliases().items():
-        back.setdefault(dotted, []).append(flat)
-    for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
-        inst = cls()
-        for f in fields(cls):
-            dotted = f"{section}.{f.name}"
-            flags = ["--" + dotted]
-            for flat in back.get(dotted, []):
-                flag = _flag(flat)
-                if flag not in flags and not any(flag in fl for _, fl, _ in out):
-                    flags.append(flag)
-            out.append((dotted, flags, getattr(inst, f.name)))
-            shared = back.get(f"*.{f.name}", [])
-            if shared and not any(_flag(shared[0]) in fl for _, fl, _ in out):
-                out.append((shared[0], [_flag(shared[0])], getattr(inst, f.name)))
-    return out
-
-
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from simprune.train.config import KEY_HELP
+    """``simprune train``'s flags (:func:`simprune.config.flags.add_train_args`)."""
+    from simprune.config.flags import add_train_args as add
 
-    p.add_argument("--config", help="TOML recipe (see configs/); flags below override its keys")
-    for dotted, flags, default in _config_flags():
-        kind = type(default).__name__
-        section = dotted.rpartition(".")[0]
-        where = f"[{section}] " if section else ""
-        what = f"{KEY_HELP[dotted]} " if dotted in KEY_HELP else ""
-        p.add_argument(*flags, dest=dotted, default=None, metavar=kind.upper(),
-                       nargs="+" if isinstance(default, list) else None,
-                       help=f"{where}{what}(default {default!r})")
+    add(p)
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys given on the command line (dotted for section keys)."""
-    overrides: dict[str, Any] = {}
-    for dotted, _, _ in _config_flags():
-        v = getattr(args, dotted, None)
-        if v is not None:
-            overrides[dotted] = " ".join(v) if isinstance(v, list) else v
-    return overrides
+    from simprune.config.flags import train_overrides as given
+
+    return given(args)
 
 
 def solve_budget(cfg: Any, overrides: dict[str, Any]) -> Any:
@@ -97,12 +53,14 @@ def solve_budget(cfg: Any, overrides: dict[str, Any]) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from simprune.train.config import load_recipe, make_config
+    from simprune.config import load_recipe, make_config
+    from simprune.run import check_config
     from simprune.train.loop import train
 
     base = load_recipe(args.config) if args.config else {}
     overrides = train_overrides(args)
     cfg = make_config(base, overrides, where=f"{args.config}: " if args.config else "")
+    check_config(cfg)  # a bad value fails before any note about the recipe's keys is printed
     cfg = solve_budget(cfg, overrides)
     for note in cfg.notes:
         print(f"simprune: note: {note}", file=sys.stderr)
@@ -131,7 +89,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     unless overridden; recipe and flags as for ``train``."""
     from pathlib import Path
 
-    from simprune.train.config import load_recipe
+    from simprune.config import load_recipe
     from simprune.train.finetune import finetune_config, run_config
     from simprune.train.loop import train
 
@@ -175,8 +133,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from simprune.data import resolve_data_root
     from simprune.data.split import split_training_set
+    from simprune.run import check_device, check_eval_settings, data_info, load_run, load_split
     from simprune.train.evaluate import EVAL_PROTOCOLS
-    from simprune.train.loop import check_device, check_eval_settings, data_info, load_run, load_split
 
     check_device(args.device or "auto")
     cfg, fw, saved = load_run(args.ckpt)
@@ -216,7 +174,7 @@ def run_export(args: argparse.Namespace) -> int:
     from safetensors.torch import save
 
     from simprune.atomic import atomic_write
-    from simprune.train.loop import load_run
+    from simprune.run import load_run
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"--out {args.out!r} must end in .safetensors")
@@ -239,52 +197,94 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what each subcommand does, for ``simprune --help``
+COMMANDS = {
+    "train": "training of any framework (resumes automatically)",
+    "finetune": "supervised fine-tuning of a pre-trained backbone",
+    "eval": "k-NN / linear probe (or top-1) of a checkpoint",
+    "export": "backbone weights as timm-named safetensors",
+    "viz": "pruning-mask and token-diversity figures",
+    "study": "accuracy study: grid of runs + report",
+    "data": "data preparation: shard (an image folder as tar shards)",
+    "bench": "cost benchmarks: flops, cost, micro, budget, data",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simprune", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_train_args(sub.add_parser("train", help="training of any framework (resumes automatically)",
+    parser = argparse.ArgumentParser(prog="simprune", description="token reduction for cheaper ViT "
+                                     "training: " + ", ".join(COMMANDS), allow_abbrev=False,
+                                     epilog="`simprune COMMAND --help` lists a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train_args(sub.add_parser("train", help=COMMANDS["train"], description=COMMANDS["train"],
                                   allow_abbrev=False))
-    add_finetune_args(sub.add_parser("finetune", help="supervised fine-tuning of a pre-trained backbone",
-                                     allow_abbrev=False))
-    add_eval_args(sub.add_parser("eval", help="k-NN / linear probe of a checkpoint"))
-    add_export_args(sub.add_parser("export", help="backbone weights as timm-named safetensors"))
+    add_finetune_args(sub.add_parser("finetune", help=COMMANDS["finetune"],
+                                     description=COMMANDS["finetune"], allow_abbrev=False))
+    add_eval_args(sub.add_parser("eval", help=COMMANDS["eval"], description=COMMANDS["eval"],
+                                 allow_abbrev=False))
+    add_export_args(sub.add_parser("export", help=COMMANDS["export"], description=COMMANDS["export"],
+                                   allow_abbrev=False))
     from simprune.viz.cli import add_viz_args
 
-    add_viz_args(sub.add_parser("viz", help="pruning-mask figures (Figure 4/5 style)",
-                                allow_abbrev=False))
-    try:
-        from simprune import study
+    add_viz_args(sub.add_parser("viz", help=COMMANDS["viz"], allow_abbrev=False))
+    from simprune import study
 
-        study.add_study_args(sub.add_parser("study", help="accuracy study: grid of runs + report",
-                                            description=study.DESCRIPTION, allow_abbrev=False))
-    except ImportError:  # pragma: no cover
-        pass
+    study.add_study_args(sub.add_parser("study", help=COMMANDS["study"], description=study.DESCRIPTION,
+                                        allow_abbrev=False))
     from simprune.data.shards import add_shard_args
 
-    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data", required=True)
+    data = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"],
+                          allow_abbrev=False).add_subparsers(dest="data", required=True, metavar="DATA")
     add_shard_args(data.add_parser("shard", help="an image folder as tar shards (multi-node reading)",
                                    allow_abbrev=False))
-    bench = sub.add_parser("bench", help="cost benchmarks").add_subparsers(dest="bench", required=True)
-    try:
-        from simprune.bench import flops, micro
+    bench = sub.add_parser("bench", help=COMMANDS["bench"], description=COMMANDS["bench"],
+                           allow_abbrev=False).add_subparsers(dest="bench", required=True,
+                                                              metavar="BENCH")
+    from simprune.bench import cost, flops, micro
 
-        flops.add_flops_args(bench.add_parser("flops", help="analytic training FLOPs vs dense"))
-        micro.add_micro_args(bench.add_parser("micro", help="pruned vs dense fwd+bwd time ratio"))
-        from simprune.bench import cost
+    flops.add_flops_args(bench.add_parser("flops", help="training FLOPs counted on one real step, vs "
+                                          "its reference", allow_abbrev=False))
+    cost.add_cost_args(bench.add_parser("cost", help="training-step time/FLOPs/memory vs the "
+                                        "reference", allow_abbrev=False))
+    micro.add_micro_args(bench.add_parser("micro", help="pruned vs dense fwd+bwd time ratio",
+                                          allow_abbrev=False))
+    from simprune.bench import budget
 
-        cost.add_cost_args(bench.add_parser("cost", help="training-step time/FLOPs/memory vs dense"))
-        from simprune.bench import budget
+    budget.add_budget_args(bench.add_parser("budget", help="the keep rate that meets a training-FLOPs "
+                                            "budget", allow_abbrev=False))
+    from simprune.bench import data as bench_data
 
-        budget.add_budget_args(bench.add_parser("budget", help="the keep rate that meets a training-"
-                                                "FLOPs budget"))
-        from simprune.bench import data as bench_data
-
-        bench_data.add_data_args(bench.add_parser("data", help="loader images/s vs the step's, cores "
-                                                  "per GPU"))
-    except ImportError:  # pragma: no cover - bench module missing
-        pass
+    bench_data.add_data_args(bench.add_parser("data", help="loader images/s vs the step's, cores per GPU",
+                                              allow_abbrev=False))
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, names: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser of ``simprune NAME [NAME]`` (``train``; ``bench cost``)."""
+    for name in names:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or name not in actions[0].choices:
+            break
+        parser = actions[0].choices[name]
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; an unknown flag is reported by the subcommand that was given (its
+    usage, not the top level's), with the closest flag it has."""
+    import difflib
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    nested = getattr(args, args.command, None) if args.command in ("bench", "data") else None
+    sub = _subparser(parser, [args.command, *([nested] if nested else [])])
+    flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    unknown = next((e for e in extra if e.startswith("-")), extra[0])
+    close = difflib.get_close_matches(unknown.split("=")[0].replace("_", "-"), flags, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    sub.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def describe_os_error(err: OSError) -> str:
@@ -310,7 +310,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from simprune.train.loop import TrainingError
 
     if hasattr(signal, "SIGXFSZ"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -10,11 +11,24 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects (usually factories) for configs and the command line."""
+    """Maps names to objects (usually factories) for configs and the command line.
 
-    def __init__(self, kind: str) -> None:
+    ``fill`` names the module whose import registers the entries (``"simprune.frameworks"`` for the
+    framework registry, which the config layer below the frameworks owns): it is imported the first
+    time the registry is read, so that a lower layer can hold a registry an upper layer fills
+    without importing it.
+    """
+
+    def __init__(self, kind: str, fill: str | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._fill = fill
+
+    def _filled(self) -> dict[str, T]:
+        if self._fill is not None:
+            module, self._fill = self._fill, None
+            importlib.import_module(module)
+        return self._items
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: ``@REG.register("name")``."""
@@ -35,7 +49,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered as ``name``; a ``KeyError`` naming the known ones otherwise."""
-        if name not in self._items:
+        if name not in self._filled():
             close = difflib.get_close_matches(str(name), self._items, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise KeyError(
@@ -44,10 +58,10 @@ class Registry(Generic[T]):
         return self._items[name]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._filled())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._filled()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -86,7 +86,7 @@ def test_no_room_is_an_oserror_naming_the_target(tmp_path):
 
     code = f"""
 import errno, resource, signal, torch
-from simprune.train.checkpoint import atomic_save
+from simprune.checkpoint import atomic_save
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 atomic_save({{"w": torch.ones(10)}}, {str(tmp_path / "ckpt.pt")!r})
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

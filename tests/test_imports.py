@@ -1,13 +1,15 @@
 """The import structure of ``simprune``, read from the source with :mod:`ast` (nothing is imported).
 
-- No cycle among module-level imports: those run at import time, and a cycle among them breaks an
-  import depending on which module is imported first. Imports inside functions run later and are
-  the usual way to break such a cycle; they are kept apart and only reported (print, and
-  ``python tests/test_imports.py``). Imports under ``if TYPE_CHECKING:`` never run.
+- No cycle anywhere: not among module-level imports (those run at import time, and a cycle among
+  them breaks an import depending on which module is imported first), nor closed by an import
+  inside a function or under ``if TYPE_CHECKING:`` (those run later or never, but a circle of
+  modules that need each other is still one concept split in two).
 - Nothing in ``simprune/`` imports ``simprune.cli`` (ARCHITECTURE.md: nothing imports it).
-- The layering of ``../shared/docs/ARCHITECTURE.md`` where it holds today: each part imports only
-  what the table lets it (:data:`ALLOWED`), plus the edges it does not yet keep
-  (:data:`NOT_YET`, each one a known departure from the table, to be removed as it is fixed).
+- The layering of docs/architecture.md ("Which way each arrow may point"): each part imports only
+  what :data:`ALLOWED` lets it, with no tolerated departure, and never what :data:`NEVER` names
+  (``frameworks/`` never imports ``train/``).
+
+``python tests/test_imports.py`` prints the whole picture.
 """
 
 from __future__ import annotations
@@ -177,44 +179,43 @@ def _describe(cycle: list[str], imports: list[Import], when: tuple[str, ...]) ->
 
 # ----------------------------------------------------------------------------- layering
 
-#: ARCHITECTURE.md's table: the parts (a subpackage or a top-level module of simprune) each part
-#: may import. ``tokens`` and the leaf helpers (:data:`HELPERS`) may be imported by every part.
+#: The layering (docs/architecture.md, "Which way each arrow may point"): the parts (a subpackage or
+#: a top-level module of simprune) each part may import. ``tokens`` and the leaf helpers
+#: (:data:`HELPERS`) may be imported by every part. Where it differs from ARCHITECTURE.md's table,
+#: docs/architecture.md says why (an entry that names a module allows only that module).
 ALLOWED: dict[str, set[str]] = {
     "tokens": set(),
     "models": set(),
-    "reducers": set(),
+    # ReductionPoint (a reducer's input) lives with the blocks whose extras it carries; MCTF's
+    # proportional attention uses the blocks' attention bias
+    "reducers": {"simprune.models.vit", "simprune.models.layers"},
     "drive": {"models", "reducers"},
     "losses": set(),
     "teachers": {"models"},
-    "frameworks": {"drive", "losses", "teachers", "simprune.data.augment"},
+    # the config asks the reducer registry whether a method is a pair reducer (its window applies)
+    "config": {"reducers"},
     "data": set(),
-    "train": {"frameworks", "data", "eval"},
+    "frameworks": {"config", "models", "reducers", "drive", "losses", "teachers", "simprune.data.augment",
+                   "simprune.data.filters", "simprune.data.sampler"},
+    "run": {"config", "data", "frameworks", "models", "reducers"},
     "eval": {"models"},
-    "bench": {"frameworks", "drive"},  # `cost/` in ARCHITECTURE.md
-    "study": {"train", "eval"},
-    "viz": {"drive", "data"},
+    "train": {"run", "config", "frameworks", "data", "eval", "models"},
+    "bench": {"run", "config", "frameworks", "drive", "models", "reducers", "data"},
+    "study": {"run", "config", "train", "eval", "bench"},
+    "viz": {"run", "config", "frameworks", "drive", "reducers", "data", "models"},
 }
 #: Leaf modules every part may use: they import no other part of simprune (but one another),
 #: which :func:`test_helpers_are_leaves` checks. ARCHITECTURE.md lists only ``dist.py``; the
-#: registry, atomic writes and signal handling are the same kind of plumbing.
-HELPERS = {"registry", "atomic", "interrupt", "dist", "subset"}
-#: Edges the code has today that ARCHITECTURE.md's table does not allow. They are tolerated here so
-#: that the rest of each rule is enforced; remove an entry once its edge is gone.
-NOT_YET: dict[str, set[str]] = {
-    # ReductionPoint lives in models/vit.py; the table (and its "Never" line) wants it in tokens.py
-    "reducers": {"models"},
-    # frameworks build their backbones and reducers themselves, and use train/ (dist, config, optim)
-    "frameworks": {"models", "reducers", "train"},
-    # the loop builds models and reducers itself instead of through the framework registry
-    "train": {"models", "reducers"},
-    # the FLOPs model and the step benchmark build models, reducers, data and train steps directly
-    "bench": {"models", "reducers", "train", "data"},
-    # the study report uses the FLOPs model (bench) and the keep-rate schedule (reducers)
-    "study": {"bench", "reducers"},
-    # viz loads runs through train/ (config, checkpoint, loop)
-    "viz": {"train"},
-    # the EMA teacher uses losses/ema.py (momentum schedule)
-    "teachers": {"losses"},
+#: registry, atomic writes, signal handling, the seeded subset draw, the checkpoint file format and
+#: the reading of a run's metrics.jsonl are the same kind of plumbing.
+HELPERS = {"registry", "atomic", "interrupt", "dist", "subset", "checkpoint", "records"}
+#: What may never be imported, whatever the table says (ARCHITECTURE.md's "Never" line).
+NEVER: dict[str, set[str]] = {
+    "reducers": {"frameworks", "train", "run"},
+    "models": {"frameworks", "train", "data", "run", "config"},
+    "frameworks": {"train", "run", "bench", "study", "viz"},
+    "config": {"frameworks", "train", "run", "bench", "study", "viz", "models", "data"},
+    "run": {"train", "bench", "study", "viz"},
 }
 
 
@@ -231,7 +232,7 @@ def _allowed(entries: set[str], target: str) -> bool:
                else part_of(target) == e for e in entries)
 
 
-def layering_violations(imports: list[Import], tolerate: bool = True) -> list[Import]:
+def layering_violations(imports: list[Import]) -> list[Import]:
     """Imports (at any level, type-only included: a part may not even name what it may not know)
     from a part of :data:`ALLOWED` to a part the table does not let it import."""
     bad = []
@@ -239,7 +240,7 @@ def layering_violations(imports: list[Import], tolerate: bool = True) -> list[Im
         src, dst = part_of(imp.importer), imp.target
         if src not in ALLOWED or not dst.startswith("simprune.") or part_of(dst) == src:
             continue
-        entries = ALLOWED[src] | HELPERS | {"tokens"} | (NOT_YET.get(src, set()) if tolerate else set())
+        entries = ALLOWED[src] | HELPERS | {"tokens"}
         if not _allowed(entries, dst):
             bad.append(imp)
     return bad
@@ -292,14 +293,17 @@ def test_finds_planted_cycles(tmp_path):
 def test_no_cycle_among_module_level_imports(graph):
     modules, imports = graph
     found = cycles(import_graph(modules, imports, ("module",)))
-    lazy = [c for c in cycles(import_graph(modules, imports, ("module", "function"))) if c not in found]
-    if lazy:  # reported, not failed: a function-level import is how such a cycle is meant to be cut
-        print("cycles closed only by imports inside functions (they run after import):")
-        for c in lazy:
-            print(" -> ".join(c))
-            print(_describe(c, imports, ("module", "function")))
     assert not found, "import cycles at module level:\n" + "\n".join(
         " -> ".join(c) + "\n" + _describe(c, imports, ("module",)) for c in found)
+
+
+def test_no_cycle_at_all(graph):
+    """Imports inside functions and type-only imports count too: no circle anywhere."""
+    modules, imports = graph
+    when = ("module", "function", "type")
+    found = cycles(import_graph(modules, imports, when))
+    assert not found, "import cycles (any level):\n" + "\n".join(
+        " -> ".join(c) + "\n" + _describe(c, imports, when) for c in found)
 
 
 def test_nothing_imports_the_cli(graph):
@@ -329,39 +333,49 @@ def test_helpers_are_leaves(graph):
 
 
 def test_layering(graph):
-    """ARCHITECTURE.md's table, with today's known departures (:data:`NOT_YET`) tolerated; the
-    "Never" line is part of it (reducers, models and losses import neither frameworks nor train)."""
+    """Every import (any level) is one :data:`ALLOWED` permits: no tolerated departure."""
     _, imports = graph
     bad = layering_violations(imports)
-    assert not bad, "imports the ARCHITECTURE.md table does not allow:\n" + "\n".join(map(str, bad))
+    assert not bad, "imports the layering does not allow:\n" + "\n".join(map(str, bad))
 
 
 def test_never_line(graph):
-    """ARCHITECTURE.md: "Never: reducers -> models/frameworks/train; models -> frameworks/train/data;
-    losses -> anything but torch", checked directly, without :data:`NOT_YET` (reducers -> models is
-    the one part of the line that does not hold yet: it is left out here)."""
+    """ARCHITECTURE.md's "Never" line, checked directly (:data:`NEVER`), and losses import nothing
+    but torch and the standard library."""
     _, imports = graph
-    never = {"reducers": {"frameworks", "train"}, "models": {"frameworks", "train", "data"}}
     bad = [str(i) for i in imports if i.target.startswith("simprune.")
-           and part_of(i.target) in never.get(part_of(i.importer), ())]
+           and part_of(i.target) in NEVER.get(part_of(i.importer), ())]
     bad += [str(i) for i in imports if part_of(i.importer) == "losses" and part_of(i.target) != "losses"
             and i.target not in ("torch", "__future__") and i.target not in sys.stdlib_module_names]
     assert not bad, "\n".join(bad)
 
 
+def test_frameworks_never_import_train(graph):
+    """The configuration and the run's parts sit below the frameworks: a framework that imported
+    ``train/`` would close the circle this layering removed."""
+    _, imports = graph
+    bad = [str(i) for i in imports if part_of(i.importer) == "frameworks"
+           and i.target.startswith("simprune.") and part_of(i.target) == "train"]
+    assert not bad, "\n".join(bad)
+    # and the check itself catches a planted edge
+    planted = Import("simprune.frameworks.x", "simprune.train.optim", "simprune/frameworks/x.py", 1,
+                     "function")
+    assert layering_violations([planted]) == [planted]
+
+
 def report() -> str:
-    """The whole picture: module-level cycles, cycles closed only inside functions, and every
-    departure from the ARCHITECTURE.md table (tolerated or not)."""
+    """The whole picture: module-level cycles, cycles closed by later imports, and every departure
+    from the layering."""
     modules, imports = collect()
     lines = [f"{len(modules)} modules, {len(imports)} imports"]
     for title, when in (("module-level cycles", ("module",)),
-                        ("cycles with function-level imports", ("module", "function"))):
+                        ("cycles with function-level or type-only imports", ("module", "function", "type"))):
         found = cycles(import_graph(modules, imports, when))
         lines.append(f"{title}: {len(found) or 'none'}")
         lines += [" -> ".join(c) + "\n" + _describe(c, imports, when) for c in found]
-    departures = layering_violations(imports, tolerate=False)
-    lines.append(f"departures from the ARCHITECTURE.md table: {len(departures)}")
-    lines += [f"  {i}" + ("" if not layering_violations([i]) else "  [not in NOT_YET]") for i in departures]
+    departures = layering_violations(imports)
+    lines.append(f"departures from the layering: {len(departures) or 'none'}")
+    lines += [f"  {i}" for i in departures]
     return "\n".join(lines)
 
 

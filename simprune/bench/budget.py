@@ -40,8 +40,9 @@ from simprune.bench.flops import (
     reference_config,
     with_reducer,
 )
+from simprune.config import TrainConfig, owns_flops_budget
 from simprune.frameworks import DENSE, FRAMEWORKS
-from simprune.train.config import TrainConfig, check_model
+from simprune.run import check_model
 
 #: a lower bound of the keep rates searched: the first candidate, the shortest decimal below the
 #: first crossing, keeps one patch token per point (:func:`simprune.tokens.num_keep`)
@@ -80,13 +81,6 @@ class BudgetSolution:
         out = asdict(self)
         out["reachable"] = list(self.reachable)
         return out
-
-
-def owns_flops_budget(method: str) -> bool:
-    """Whether reducer ``method`` takes ``reducer.flops_budget`` itself (no keep rate to solve)."""
-    from simprune.reducers import REDUCERS
-
-    return method in REDUCERS and bool(getattr(REDUCERS.get(method), "owns_flops_budget", False))
 
 
 def max_tokens(cfg: TrainConfig) -> int:

@@ -1,7 +1,7 @@
 """One real training step per variant (dense, or a method at a keep rate), and what it costs.
 
-A :class:`Variant` is a framework built by :func:`simprune.train.loop.build_framework` from its
-:class:`~simprune.train.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
+A :class:`Variant` is a framework built by :func:`simprune.run.build_framework` from its
+:class:`~simprune.config.TrainConfig`, its augmentation (:func:`build_augment`) and its own
 AdamW over the student; every variant starts from the dense variant's weights. Its step does what
 :meth:`simprune.train.loop.Trainer.train_step` does, in four timed phases:
 
@@ -31,11 +31,18 @@ import torch
 from torch import Tensor, nn
 
 from simprune.bench.flops_count import count_flops
+from simprune.config import FRAMEWORKS, TrainConfig, make_config
 from simprune.data.augment import Views
 from simprune.frameworks import DENSE, Batch, Framework, Progress
-from simprune.train.config import TrainConfig, make_config
-from simprune.train.loop import PRECISIONS, build_augment, build_framework, check_config, data_info
-from simprune.train.optim import set_hparams
+from simprune.run import (
+    PRECISIONS,
+    build_augment,
+    build_framework,
+    build_optimizer,
+    check_config,
+    data_info,
+    set_hparams,
+)
 
 try:
     import resource
@@ -60,6 +67,9 @@ class Variant:
     progress: float = 0.5
     times: dict[str, list[float]] = field(
         default_factory=lambda: {p: [] for p in (*PHASES, "cpu", "faults")})
+    #: how tables name it (the framework's ``cost_label``) and the reference group it belongs to
+    name: str = ""
+    group: str = ""
 
     @property
     def method(self) -> str:
@@ -75,6 +85,8 @@ class Variant:
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return DENSE if self.method == DENSE else f"{self.method}@{self.keep_rate:g}"
 
     @property
@@ -206,26 +218,44 @@ def synthetic_images(cfg: TrainConfig, in_chans: int, device: torch.device, size
 def build_variants(dense_cfg: TrainConfig, methods: Sequence[str], keep_rates: Sequence[float],
                    device: torch.device, progress: float = 0.5,
                    image_size: int | None = None) -> list[Variant]:
-    """Dense first, then every method at every keep rate, all from the dense variant's weights.
-
-    ``dense_cfg`` gives everything but the reduction method and keep rate.
-    """
+    """Dense first, then every method at every keep rate, all from the dense variant's weights
+    (:func:`build_settings` of one group). ``dense_cfg`` gives everything but the reduction
+    method and keep rate."""
     cfgs = [with_method(dense_cfg, DENSE)]
     cfgs += [with_method(dense_cfg, m, float(k)) for m in methods for k in keep_rates]
-    for cfg in cfgs:
+    return build_settings([("", c) for c in cfgs], device, progress, image_size)
+
+
+def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+
+
+def build_settings(settings: Sequence[tuple[str, TrainConfig]], device: torch.device,
+                   progress: float = 0.5, image_size: int | None = None) -> list[Variant]:
+    """One variant per ``(group, config)``, each built from its config's seed on the same synthetic
+    images; a variant with the architecture of its group's first (the reference) starts from the
+    reference's weights, so that a reducer's variants differ from dense only in what they keep."""
+    for _, cfg in settings:
         check_config(cfg)
-    data = data_info(dense_cfg)
-    images = synthetic_images(dense_cfg, data.in_chans, device, image_size, dense_cfg.seed)
+    first = settings[0][1]
+    data = data_info(first)
+    images = synthetic_images(first, data.in_chans, device, image_size, first.seed)
     labels = (torch.arange(images.shape[0]) % max(1, data.num_classes)).to(device)
-    torch.manual_seed(dense_cfg.seed)
     variants: list[Variant] = []
-    for cfg in cfgs:
+    reference: dict[str, Variant] = {}
+    for group, cfg in settings:
+        torch.manual_seed(cfg.seed)
         fw = build_framework(cfg, data).to(device)
-        if variants:
-            fw.load_state_dict(variants[0].framework.state_dict())
-        opt = torch.optim.AdamW(fw.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ref = reference.get(group)
+        if ref is not None and _same_shapes(ref.framework, fw):
+            fw.load_state_dict(ref.framework.state_dict())
+        opt = build_optimizer(cfg, fw)
         augment = build_augment(cfg, fw, data).to(device)
-        variants.append(Variant(cfg, fw, augment, opt, images, labels, progress))
+        v = Variant(cfg, fw, augment, opt, images, labels, progress,
+                    name=FRAMEWORKS.get(cfg.framework).cost_label(cfg), group=group)
+        reference.setdefault(group, v)
+        variants.append(v)
     return variants
 
 

@@ -36,14 +36,14 @@ from typing import Any
 import torch
 
 from simprune.bench.flops import parse_option
+from simprune.config import TrainConfig, load_recipe, make_config
 from simprune.data import load_dataset, resolve_data_root
 from simprune.data.crops import Crops, crop_spec
 from simprune.data.datasets import dataset_key
 from simprune.data.folder import default_load_size
 from simprune.data.loader import StepBatches, TrainLoader, cores_available, is_streamed, resolve_workers
+from simprune.data.sampler import ResumableSampler
 from simprune.data.shards import shard_sampler
-from simprune.train.config import TrainConfig, load_recipe, make_config
-from simprune.train.sampler import ResumableSampler
 
 #: assumed sustained training throughput of an H100-class GPU (bf16), TFLOP/s
 GPU_TFLOPS = 300.0
@@ -116,7 +116,7 @@ def measure(cfg: TrainConfig, device: torch.device, batches: int | None = None, 
     """The figures of the module docstring, as a JSON-ready dict."""
     from simprune.bench.cost_step import build_variants, medians, time_rounds
     from simprune.bench.flops import step_flops
-    from simprune.train.loop import build_augment, build_framework, data_info
+    from simprune.run import build_augment, build_framework, data_info
 
     root = resolve_data_root(cfg.data or None)
     load_size = cfg.load_size or default_load_size(cfg.global_size)

@@ -2,8 +2,8 @@
 
 Nothing here knows a framework or a reducer by name. The step is the one the trainer runs
 (:meth:`simprune.train.loop.Trainer.train_step`): the framework is built from a
-:class:`~simprune.train.config.TrainConfig` by :func:`~simprune.train.loop.build_framework`, its own
-augmentation (:func:`~simprune.train.loop.build_augment`) turns random ``uint8`` images of the
+:class:`~simprune.config.TrainConfig` by :func:`~simprune.run.build_framework`, its own
+augmentation (:func:`~simprune.run.build_augment`) turns random ``uint8`` images of the
 data set's shape into views (global and, where the framework has them, local views), and the
 framework's forward and the loss's backward run on CPU under ``torch.utils.flop_counter``
 (:mod:`simprune.bench.flops_count`, MATH attention so ``q@kᵀ`` and ``attn@v`` are seen).
@@ -30,7 +30,6 @@ Example: ``simprune bench flops --framework supervised --model vit_micro_patch4_
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,9 +40,10 @@ import torch
 
 from simprune.bench.flops_count import count_flops, count_flops_by_module, count_flops_by_op
 from simprune.bench.framework_defaults import bench_defaults, describe
+from simprune.config import TrainConfig, load_recipe, make_config
+from simprune.config.flags import parse_option
 from simprune.frameworks import DENSE, FRAMEWORKS, Batch, Framework, Progress
-from simprune.train.config import TrainConfig, load_recipe, make_config
-from simprune.train.loop import build_augment, build_framework, check_config, data_info
+from simprune.run import build_augment, build_framework, check_config, data_info
 
 #: the configuration keys ``simprune bench flops`` sets from its own flags
 FLAG_KEYS = ("framework", "model", "dataset", "global_size", "reducer.method", "reducer.keep_rate",
@@ -69,22 +69,15 @@ def dense_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def reference_config(cfg: TrainConfig) -> TrainConfig | None:
-    """The step ``cfg``'s step is compared with: the framework's ``cost_reference`` where it has
-    one (MAE, PCAE: MAE at mask 0.75 with the same decoder), else the dense config (``None`` when
-    ``cfg`` is dense itself)."""
-    ref = getattr(FRAMEWORKS.get(cfg.framework), "cost_reference", None)
-    if ref is not None:
-        return ref(cfg)
-    return None if cfg.reducer.method == DENSE else dense_config(cfg)
+    """The step ``cfg``'s step is compared with: the framework's ``cost_reference`` (by default the
+    dense config; MAE, PCAE: MAE at mask 0.75 with the same decoder; ``None`` when ``cfg`` is its
+    own reference)."""
+    return FRAMEWORKS.get(cfg.framework).cost_reference(cfg)
 
 
 def cost_label(cfg: TrainConfig) -> str:
-    """How tables name a config's step (the framework's ``cost_label``, else method and keep)."""
-    label = getattr(FRAMEWORKS.get(cfg.framework), "cost_label", None)
-    if label is not None:
-        return label(cfg)
-    rc = cfg.reducer
-    return f"{cfg.framework} {rc.method}" + ("" if rc.method == DENSE else f" keep {rc.keep_rate:g}")
+    """How tables name a config's step (the framework's ``cost_label``)."""
+    return FRAMEWORKS.get(cfg.framework).cost_label(cfg)
 
 
 # ----------------------------------------------------------------------------- the count
@@ -246,31 +239,12 @@ def step_report(cfg: TrainConfig, progress: float = 1.0, batch_size: int = 2) ->
         "step_gflops": pruned.total / 1e9, "dense_step_gflops": dense.total / 1e9,
         "gflops_per_image": pruned.per_image / 1e9, "dense_gflops_per_image": dense.per_image / 1e9,
         "parts": parts, "tokens": pruned.points, "tokens_source": pruned.points_source,
-        "dense_tokens": dense.points, "config": cfg.to_dict(), **_mim_fields(cfg),
+        "dense_tokens": dense.points, "config": cfg.to_dict(),
+        **FRAMEWORKS.get(cfg.framework).cost_fields(cfg),
     }
 
 
-def _mim_fields(cfg: TrainConfig) -> dict[str, Any]:
-    """Mask ratio and decoder size of a config whose framework has them (MAE, PCAE)."""
-    fw = cfg.fw
-    if not hasattr(fw, "mask_ratio"):
-        return {}
-    return {"mask_ratio": fw.mask_ratio, "decoder": f"{fw.decoder_depth}x{fw.decoder_dim}",
-            "decoder_depth": fw.decoder_depth, "decoder_dim": fw.decoder_dim}
-
-
 # ----------------------------------------------------------------------------- command line
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> ``(key, value)``; the value is a Python literal when it parses as one."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return key, value
 
 
 def add_flops_args(parser: argparse.ArgumentParser) -> None:
@@ -318,7 +292,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             over[key] = default
     reducer = base.get("reducer", {}) if isinstance(base.get("reducer"), dict) else {}
     fw_cls = FRAMEWORKS.get(str(given.get("framework", over.get("framework"))))
-    if "mask_ratio" in over and not hasattr(fw_cls.Config, "mask_ratio"):
+    if "mask_ratio" in over and not fw_cls.masks:
         raise ValueError(f"--mask-ratio: framework {fw_cls.__name__} masks nothing (MAE and PCAE do)")
     takes = fw_cls.reducers != ()
     if takes and not any(k in given or k in reducer for k in ("method", "reducer.method")) \

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from simprune.config import aliases, flatten
 from simprune.frameworks import FRAMEWORKS
-from simprune.train.config import aliases, flatten
 
 
 def given_keys(flat: Mapping[str, Any], framework: str) -> set[str]:

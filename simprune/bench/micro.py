@@ -4,9 +4,10 @@ Three computations, each against its dense counterpart with the same inputs:
 
 - ``student``: forward + backward of one branch, ``forward_reduced`` with a one-branch reducer
   (default ``evit_nofuse``: CLS-attention top-K without fusion) over ``batch`` sequences.
-- ``simprune``: the lock-step ``dual_forward`` with SimPrune, student forward + backward and the
-  teacher's forward under ``no_grad`` on ``batch / 2`` images × 2 global views, against the dense
-  student forward + backward and dense teacher forward.
+- ``pair``: the lock-step ``dual_forward`` with a pair reducer (``--pair-reducer``, default
+  SimPrune), student forward + backward and the teacher's forward under ``no_grad`` on
+  ``batch / 2`` images × 2 global views, against the dense student forward + backward and dense
+  teacher forward. (``simprune``, its name before other pair reducers, still selects it.)
 - ``infer`` (not run by default): inference, the backbone in eval mode under ``no_grad`` with the
   one-branch reducer, over ``batch`` images. Reported as well: the throughput ratio (dense time
   over pruned time, images per second pruned over dense) and the MACs per image of each, counted
@@ -43,11 +44,14 @@ from simprune.bench.flops_count import count_flops
 from simprune.drive import dual_forward, forward_reduced
 from simprune.models import create_model
 from simprune.models.vit import VisionTransformer
-from simprune.reducers import create_reducer
+from simprune.reducers import REDUCERS, create_reducer
 
 DEFAULT_CASES = ("vit_micro_patch4_32:64", "deit_small_patch16_224:8")
-VARIANTS = ("student", "simprune", "infer")
-DEFAULT_VARIANTS = ("student", "simprune")
+VARIANTS = ("student", "pair", "infer")
+DEFAULT_VARIANTS = ("student", "pair")
+#: the pair variant's old name (it ran SimPrune only); still accepted
+OLD_NAMES = {"simprune": "pair"}
+DEFAULT_PAIR_REDUCER = "simprune"
 
 
 @dataclass
@@ -101,7 +105,9 @@ def _loss(cls: Tensor) -> Tensor:
 
 def make_steps(model: VisionTransformer, variant: str, reducer_name: str, keep_rate: float,
                rows: int, seed: int = 0) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(dense_step, pruned_step)`` closures doing forward + backward on fixed random inputs."""
+    """``(dense_step, pruned_step)`` closures doing forward + backward on fixed random inputs;
+    ``reducer_name`` is a one-branch reducer (``student``, ``infer``) or a pair reducer (``pair``)."""
+    variant = OLD_NAMES.get(variant, variant)
     gen = torch.Generator().manual_seed(seed)
     size = model.cfg.img_size
     if variant == "student":
@@ -127,14 +133,18 @@ def make_steps(model: VisionTransformer, variant: str, reducer_name: str, keep_r
             return step
 
         return infer(None), infer(reducer)
-    if variant != "simprune":
+    if variant != "pair":
         raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
     if rows % 2:
-        raise ValueError(f"the simprune variant needs an even number of rows (2 views), got {rows}")
+        raise ValueError(f"the pair variant needs an even number of rows (2 views), got {rows}")
+    if not REDUCERS.get(reducer_name).is_pair:
+        pairs = [n for n in REDUCERS.names() if REDUCERS.get(n).is_pair]
+        raise ValueError(f"--pair-reducer {reducer_name!r} is a one-branch reducer; pair reducers: "
+                         f"{', '.join(pairs)}")
     teacher = copy.deepcopy(model).requires_grad_(False)
     s_views = torch.randn(rows, 3, size, size, generator=gen)
     t_views = torch.randn(rows, 3, size, size, generator=gen)
-    reducer = create_reducer("simprune")
+    reducer = create_reducer(reducer_name)
 
     def dual(red: object) -> Callable[[], None]:
         def step() -> None:
@@ -207,7 +217,7 @@ def bench_case(model_name: str, rows: int, variant: str, reducer_name: str, keep
     t = time_pair(dense, pruned, warmup, repeats)
     ratio = t.pruned_s / t.dense_s
     infer = variant == "infer"
-    return MicroResult(model_name, variant, "simprune" if variant == "simprune" else reducer_name,
+    return MicroResult(model_name, OLD_NAMES.get(variant, variant), reducer_name,
                        keep_rate, rows, torch.get_num_threads(), repeats, t.dense_s, t.pruned_s,
                        ratio, t.paired_ratio, t.pruned_cpu_s / t.dense_cpu_s, t.dense_faults,
                        t.pruned_faults, flops, None if flops is None else ratio - flops,
@@ -245,18 +255,24 @@ def add_micro_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``simprune bench micro``."""
     parser.add_argument("--case", type=parse_case, nargs="+", default=None, metavar="MODEL:ROWS",
                         help=f"models and rows per branch (default: {' '.join(DEFAULT_CASES)})")
-    parser.add_argument("--variant", choices=VARIANTS, nargs="+", default=list(DEFAULT_VARIANTS),
-                        help="computations to time (default: student simprune; infer: inference "
-                             "throughput and MACs per image)")
+    parser.add_argument("--variant", choices=(*VARIANTS, *OLD_NAMES), nargs="+",
+                        default=list(DEFAULT_VARIANTS),
+                        help="computations to time: student (one branch), pair (two branches in "
+                             "lock-step), infer (inference throughput and MACs per image); default "
+                             "student pair")
     parser.add_argument("--reducer", default="evit_nofuse",
-                        help="one-branch reducer of 'student' and 'infer'")
-    parser.add_argument("--keep-rate", type=float, default=0.8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+                        help="one-branch reducer of 'student' and 'infer' (default evit_nofuse)")
+    parser.add_argument("--pair-reducer", default=DEFAULT_PAIR_REDUCER,
+                        help=f"pair reducer of 'pair' (default {DEFAULT_PAIR_REDUCER})")
+    parser.add_argument("--keep-rate", type=float, default=0.8, help="keep rate per point (default 0.8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed pairs first (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed pairs (default 5)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: leave torch's default)")
     parser.add_argument("--trim-heap", action="store_true",
-                        help="leave glibc's default heap trimming on (see keep_heap)")
+                        help="leave glibc's default heap trimming on (by default freed memory stays in "
+                             "the process, so that the dense step does not page-fault its larger "
+                             "activations in afresh every step and look slower than its compute)")
     parser.add_argument("--no-count", action="store_true", help="skip the FlopCounterMode FLOPs ratio")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -276,13 +292,15 @@ def run_micro(args: argparse.Namespace) -> int:
     try:
         for model_name, rows in cases:
             for variant in args.variant:
-                res = bench_case(model_name, rows, variant, args.reducer, args.keep_rate,
+                pair = OLD_NAMES.get(variant, variant) == "pair"
+                reducer = args.pair_reducer if pair else args.reducer
+                res = bench_case(model_name, rows, variant, reducer, args.keep_rate,
                                  args.warmup, args.repeats, count=not args.no_count)
                 results.append(res)
                 if not args.json:
                     print(format_result(res), flush=True)
                 if args.profile:
-                    print(profile_case(model_name, rows, variant, args.reducer, args.keep_rate),
+                    print(profile_case(model_name, rows, variant, reducer, args.keep_rate),
                           file=sys.stderr if args.json else sys.stdout)
     except (KeyError, ValueError, TypeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import Dataset
 
@@ -35,6 +36,7 @@ from .base import ArrayDataset, DataNotFoundError, default_cache_dir, resolve_da
 from .cifar import load_cifar10, load_cifar100
 from .fashion_mnist import load_fashion_mnist
 from .folder import ImageFolderDataset, load_imagefolder
+from .shards import load_shards
 from .stats import dataset_stats
 
 __all__ = [
@@ -70,8 +72,18 @@ DATASETS.register("cifar100")(
 DATASETS.register("fashion_mnist")(
     DatasetSpec(load_fashion_mnist, ("train", "test"), 10, "Fashion-MNIST, 28x28 grey, 60k/10k")
 )
+def load_folder_or_shards(root: Path, split: str = "train", cache_dir: Path | None = None,
+                          load_size: int = 256, **options: Any) -> Any:
+    """An image folder's split (:func:`~simprune.data.folder.load_imagefolder`), or the split of a
+    folder of tar shards when ``root`` holds ``shards.json`` (:mod:`simprune.data.shards`: read by
+    worker processes, never cached, so the folder's cache options do not apply)."""
+    if (Path(root) / "shards.json").is_file():  # a folder of tar shards (simprune data shard)
+        return load_shards(root, split, load_size)
+    return load_imagefolder(root, split, cache_dir, load_size, **options)
+
+
 DATASETS.register("imagefolder")(
-    DatasetSpec(load_imagefolder, None, None, "root/<split>/<class>/<image>, resized, cached when small")
+    DatasetSpec(load_folder_or_shards, None, None, "root/<split>/<class>/<image>, resized, cached when small")
 )
 
 #: options of the ``imagefolder`` loader (:func:`simprune.data.folder.load_imagefolder`)

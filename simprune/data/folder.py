@@ -320,8 +320,8 @@ def load_imagefolder(
     root: Path, split: str = "train", cache_dir: Path | None = None, load_size: int = 256,
     cache_mb: int | str | None = None, progress: bool = False, workers: int = 0,
 ) -> ImageFolderDataset:
-    """The split folder ``root/<split>`` with the training split's classes (see the module);
-    the split of a shard folder when ``root`` holds ``shards.json`` (:mod:`simprune.data.shards`).
+    """The split folder ``root/<split>`` with the training split's classes (see the module). A
+    folder of tar shards is read by :func:`simprune.data.datasets.load_folder_or_shards`.
 
     Args:
         root: the data folder holding ``train/`` and the other splits.
@@ -339,10 +339,6 @@ def load_imagefolder(
     """
     root = Path(root)
     limit = cache_limit_mb(cache_mb)
-    if (root / "shards.json").is_file():  # a folder of tar shards (simprune data shard)
-        from .shards import load_shards
-
-        return load_shards(root, split, load_size)  # type: ignore[return-value]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     if not root.is_dir():

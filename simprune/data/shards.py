@@ -259,7 +259,7 @@ def shard_ids(dataset: Any) -> Tensor | None:
 
 class ShardSampler:
     """Per-process batches of a sharded split (see the module); the interface of
-    :class:`~simprune.train.sampler.ResumableSampler`.
+    :class:`~simprune.data.sampler.ResumableSampler`.
 
     Args:
         indices: int64 ``[M]``: the items of ``dataset`` a run trains on.

@@ -14,7 +14,7 @@ are masked, their ratios stratified over ``ratio_min_max`` (crop ``i`` draws uni
 ``i``-th of ``n`` equal bins), the list shuffled. That plan depends only on ``(seed, step, V·G)``;
 each crop's blocks come from a generator seeded by ``(seed, step, dataset row, view)``. So a resumed
 run and a run split over several processes (process ``r`` of ``W`` holds images
-``[r·G/W, (r+1)·G/W)`` of the global batch, as :class:`~simprune.train.sampler.ResumableSampler`
+``[r·G/W, (r+1)·G/W)`` of the global batch, as :class:`~simprune.data.sampler.ResumableSampler`
 splits it) mask every crop exactly as one uninterrupted process does.
 
 Everything here runs on the host (Python's ``random``, seeded by strings, which is deterministic

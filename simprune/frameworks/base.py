@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
+from simprune.config import FRAMEWORKS as _REGISTRY
 from simprune.data.augment import Views
 from simprune.registry import Registry
 
 if TYPE_CHECKING:
+    from simprune.config import TrainConfig
     from simprune.drive.lockstep import PairPoint
     from simprune.drive.single import PointRecord
     from simprune.models.vit import VisionTransformer
-    from simprune.train.config import TrainConfig
 
 DENSE = "dense"
 
@@ -101,6 +102,17 @@ class DataInfo:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """Two groups: decayed weights, and biases/norm parameters (1-d) with no decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0,
+                                                  "apply_wd": False}]
+
+
 class Framework(nn.Module):
     """Base of every training framework. Subclasses set the class attributes and implement
     :meth:`build`, :meth:`build_augment` and :meth:`forward`."""
@@ -127,6 +139,48 @@ class Framework(nn.Module):
     #: one, pair reducers only with ``pair_reducers``; ``()``: dense only, e.g. MAE, whose
     #: reduction is its masking)
     reducers: ClassVar[tuple[str, ...] | None] = None
+
+    #: what cost tables may vary besides the reducer: ``masks`` — the share of patches the encoder
+    #: hides is ``<name>.mask_ratio`` (MAE, PCAE); the mask ratios ``bench cost`` measures when
+    #: none are given (empty: the recipe's); log keys of a forward a cost row reports
+    #: (``decoded``: tokens the decoder reconstructs per image)
+    masks: ClassVar[bool] = False
+    cost_mask_ratios: ClassVar[tuple[float, ...]] = ()
+    cost_logs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def cost_reference(cls, cfg: TrainConfig) -> TrainConfig | None:
+        """The step cost tables compare ``cfg``'s step with. Default: the same run without token
+        reduction (``None`` when ``cfg`` reduces nothing: it is its own reference). MAE and PCAE:
+        MAE at mask 0.75 with the same decoder."""
+        if cfg.reducer.method == DENSE:
+            return None
+        from simprune.config import make_config
+
+        return make_config(cfg.to_dict(), {"reducer.method": DENSE})
+
+    @classmethod
+    def cost_label(cls, cfg: TrainConfig) -> str:
+        """How cost tables name ``cfg``'s step. Default: framework, method (with its options, as
+        ``--methods`` takes them: ``simprune:matching=one_to_one``) and keep rate."""
+        rc = cfg.reducer
+        if rc.method == DENSE:
+            return f"{cfg.framework} {rc.method}"
+        opts = ",".join(f"{k}={v}" for k, v in sorted(rc.options.items()))
+        return f"{cfg.framework} {rc.method}" + (f":{opts}" if opts else "") + f" keep {rc.keep_rate:g}"
+
+    @classmethod
+    def cost_mask_ratio(cls, cfg: TrainConfig) -> float | None:
+        """The share of patches ``cfg``'s encoder never sees (``None``: it masks nothing)."""
+        return None
+
+    @classmethod
+    def cost_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """What a cost row says about ``cfg``'s setting besides its method and keep rate (MAE,
+        PCAE: mask ratio and decoder size, without which their tables cannot be read). Default:
+        the mask ratio when there is one."""
+        ratio = cls.cost_mask_ratio(cfg)
+        return {} if ratio is None else {"mask_ratio": ratio}
 
     @classmethod
     def accepts_reducer(cls, method: str) -> bool:
@@ -187,8 +241,6 @@ class Framework(nn.Module):
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser groups: weights decayed, biases and norms not."""
-        from simprune.train.optim import param_groups
-
         return param_groups(self.trainable())
 
     def eval_features(self, branch: str | None = None) -> Callable[[Tensor], Tensor] | None:
@@ -205,7 +257,7 @@ class Framework(nn.Module):
         return {}
 
     def sample_filter(self, indices: Tensor) -> Any:
-        """A :class:`~simprune.train.sampler.SampleFilter` over the training rows ``indices`` that
+        """A :class:`~simprune.data.sampler.SampleFilter` over the training rows ``indices`` that
         chooses the examples each epoch trains on (Tri-Level E-ViT's example level), or ``None``
         (the default): every example. The trainer saves its state in the checkpoint."""
         return None
@@ -226,7 +278,10 @@ class Framework(nn.Module):
         return getattr(self, branch)["backbone"]
 
 
-FRAMEWORKS: Registry[type[Framework]] = Registry("framework")
+#: Every framework by name. The registry object is the config layer's
+#: (:data:`simprune.config.FRAMEWORKS`, which reads each framework's section and defaults); it is
+#: named here too, where frameworks register.
+FRAMEWORKS: Registry[type[Framework]] = _REGISTRY
 
 
 def pair_frameworks_hint(method: str) -> str:

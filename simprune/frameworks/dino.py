@@ -30,21 +30,21 @@ from simprune.models.heads import DINOHead
 class DINOConfig:
     """``[dino]``: heads, temperatures, centring, multi-crop and augmentation."""
 
-    out_dim: int = 4096
-    head_hidden: int = 2048
-    bottleneck: int = 256
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_frac: float = 0.0
-    center_momentum: float = 0.9
-    freeze_last_layer: float = 1.0  # epochs
-    local_views: int = 0
-    local_size: int = 16
-    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    out_dim: int = 4096  # prototypes of the DINO head's last layer
+    head_hidden: int = 2048  # width of the head's MLP
+    bottleneck: int = 256  # width before the weight-normalised last layer
+    student_temp: float = 0.1  # temperature of the student's softmax
+    teacher_temp: float = 0.04  # temperature of the teacher's softmax after its warm-up
+    warmup_teacher_temp: float = 0.04  # teacher temperature at the start of its warm-up
+    warmup_teacher_frac: float = 0.0  # share of training the teacher temperature warms up over
+    center_momentum: float = 0.9  # EMA momentum of the teacher's centre
+    freeze_last_layer: float = 1.0  # epochs the head's last layer stays frozen
+    local_views: int = 0  # small local crops per image (multi-crop; 0: none)
+    local_size: int = 16  # local crop size (px)
+    local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])  # local crops' area range
     color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
     blur: bool = True  # Gaussian blur (small images often do better without)
-    solarize: bool = True
+    solarize: bool = True  # solarize the second global view
 
 
 @FRAMEWORKS.register("dino")

@@ -104,9 +104,10 @@ def tokens_at(state: TokenState, rows: Tensor, pos: Tensor) -> tuple[Tensor, Ten
 
 def spec_of(cfg) -> BlockMaskSpec:  # noqa: ANN001 - TrainConfig
     """The block-mask settings of a config (the global crop's patch grid from the model)."""
-    from simprune.train.config import check_model
+    from simprune.config import model_overrides
+    from simprune.models import model_config
 
-    vc = check_model(cfg)
+    vc = model_config(cfg.model, **model_overrides(cfg))
     side = cfg.global_size // vc.patch_size
     lo, hi = cfg.fw.mask_ratio_min_max
     return BlockMaskSpec((side, side), (lo, hi), cfg.fw.mask_probability, cfg.fw.mask_min_patches)

@@ -26,16 +26,22 @@ from simprune.models.heads import MoCoHeads
 
 @dataclass
 class MoCoV3Config:
-    """``[mocov3]`` (flat aliases ``moco_dim``, ``moco_hidden``, ...): heads, temperature, crops."""
+    """``[mocov3]`` (flat aliases ``moco_dim``, ``moco_hidden``, ...): heads, temperature, crops,
+    and MoCo v3's ViT choices (flat aliases ``init`` and ``freeze_patch_embed``, base keys before
+    they moved here)."""
 
     alias_prefix: ClassVar[str] = "moco_"
+    #: flat names that stand for keys of this section besides ``moco_<key>``
+    flat_aliases: ClassVar[dict[str, str]] = {"init": "init", "freeze_patch_embed": "freeze_patch_embed"}
 
-    dim: int = 256
-    hidden: int = 4096
-    temperature: float = 0.2
+    dim: int = 256  # output width of the projector and predictor
+    hidden: int = 4096  # hidden width of the projector and predictor MLPs
+    temperature: float = 0.2  # InfoNCE temperature
     color_ops: bool = True  # colour jitter, grayscale, blur, solarize (False: crop + flip only)
-    blur: bool = True
-    solarize: bool = True
+    blur: bool = True  # Gaussian blur of the views
+    solarize: bool = True  # solarize the second view
+    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
+    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
 
 
 @FRAMEWORKS.register("mocov3")
@@ -58,7 +64,8 @@ class MoCoV3(DualBranch):
     def build(cls, cfg, data: DataInfo) -> MoCoV3:  # noqa: ANN001 - TrainConfig
         c: MoCoV3Config = cfg.fw
         plan, teacher_plan = build_plans(cfg)
-        return cls(build_backbone(cfg, data), plan, c.dim, c.hidden, c.temperature, teacher_plan,
+        backbone = build_backbone(cfg, data, init=c.init, freeze_patch_embed=c.freeze_patch_embed)
+        return cls(backbone, plan, c.dim, c.hidden, c.temperature, teacher_plan,
                    cfg.teacher.momentum, cfg.teacher.momentum_end)
 
     @classmethod

@@ -4,31 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from simprune.config import TrainConfig, model_overrides
 from simprune.drive.plan import ReductionPlan
 from simprune.frameworks.base import DENSE
-from simprune.models import create_model
+from simprune.models import MODELS, create_model
 from simprune.models.vit import VisionTransformer
 from simprune.reducers import REDUCERS, KeepRateSchedule, create_reducer
 from simprune.reducers.base import PairReducer, TokenReducer
 
 
-def build_backbone(cfg, data=None) -> VisionTransformer:  # noqa: ANN001 - TrainConfig, DataInfo
-    """The ViT a config describes (named model and size overrides, reduction points, init)."""
-    from simprune.train.config import backbone_reduce_at, model_overrides
+def backbone_reduce_at(cfg: TrainConfig) -> tuple[int, ...]:
+    """The backbone's reduction points: ``reducer.reduce_at``; a dense run (which reduces nothing)
+    keeps only the default points that exist in a shallower model."""
+    points = tuple(cfg.reducer.reduce_at)
+    if cfg.reducer.method == "dense":
+        depth = cfg.depth or (MODELS.get(cfg.model).depth if cfg.model in MODELS else 0)
+        points = tuple(b for b in points if b <= depth) if depth else points
+    return points
 
+
+def build_backbone(cfg, data=None, init: str = "deit",  # noqa: ANN001 - TrainConfig, DataInfo
+                   freeze_patch_embed: bool = False) -> VisionTransformer:
+    """The ViT a config describes (named model and size overrides, reduction points, position
+    embedding). ``init`` and ``freeze_patch_embed`` are a framework's own choices (MoCo v3's
+    section has them); the default is DeiT's init with a trained patch projection."""
     extra = {} if data is None else {"in_chans": data.in_chans}
     method = cfg.reducer.method
     if method != DENSE and method in REDUCERS:
         extra["point_placement"] = REDUCERS.get(method).placement
     return create_model(cfg.model, reduce_at=backbone_reduce_at(cfg), drop_path_rate=cfg.drop_path,
-                        init=cfg.init, pos_embed=cfg.pos_embed,
-                        freeze_patch_embed=cfg.freeze_patch_embed, **model_overrides(cfg), **extra)
+                        init=init, pos_embed=cfg.pos_embed, freeze_patch_embed=freeze_patch_embed,
+                        **model_overrides(cfg), **extra)
 
 
 def num_patches(cfg) -> int:  # noqa: ANN001 - TrainConfig
     """Patch tokens of a global view: ``(global_size / patch_size)²``."""
+    from simprune.config import model_overrides
     from simprune.models import model_config
-    from simprune.train.config import model_overrides
 
     vc = model_config(cfg.model, **model_overrides(cfg))
     return (vc.img_size // vc.patch_size) ** 2

@@ -121,6 +121,17 @@ class PCAE(MaskedAutoencoder):
     Config: ClassVar[type] = PCAEConfig
     teachers: ClassVar[tuple[str, ...]] = ("ema",)
     default_teacher: ClassVar[str] = "ema"
+    #: the paper's settings against MAE at 0.75 (its 2.25x is PCAE at 0.85)
+    cost_mask_ratios: ClassVar[tuple[float, ...]] = (0.75, 0.85, 0.9)
+
+    @classmethod
+    def cost_label(cls, cfg) -> str:  # noqa: ANN001 - TrainConfig
+        """``"pcae mask 0.85, decoder 8x64, random drop"``."""
+        return super().cost_label(cfg) + (", random drop" if cfg.fw.random_drop else "")
+
+    @classmethod
+    def cost_fields(cls, cfg) -> dict:  # noqa: ANN001 - TrainConfig
+        return {**super().cost_fields(cfg), "random_drop": bool(cfg.fw.random_drop)}
 
     def __init__(self, backbone: VisionTransformer, decoder: MAEDecoder, opts: PCAEConfig,
                  seed: int = 0, momentum: float = 0.996, momentum_end: float = 1.0) -> None:

@@ -5,7 +5,7 @@ sparsity at the example, token and attention levels, each turned on by its own s
 same head, loss, augmentation and evaluation; its ``[supervised]`` keys live in ``[trilevel]``) plus:
 
 - **Example level** (``[trilevel] example = "forgetting"``; ``"random"`` is the random-refresh
-  baseline; ``"off"`` by default): a sample filter (:class:`~simprune.train.filters.ForgettingFilter`)
+  baseline; ``"off"`` by default): a sample filter (:class:`~simprune.data.filters.ForgettingFilter`)
   trains on ``example_keep`` of the training set and runs remove-and-restore rounds at
   ``rounds_at``. Its tie-break reads the variance of the last block's CLS attention over the patch
   tokens, which this framework returns per sample as ``extras["cls_attn_var"]`` while the filter
@@ -32,13 +32,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from simprune.drive.single import Reduced, finish, record
-from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
-from simprune.frameworks.supervised import Supervised, SupervisedConfig, pool_tokens
-from simprune.models.vit import VisionTransformer
-from simprune.reducers.attn_topk import AttnTopKReducer
-from simprune.tokens import num_keep
-from simprune.train.filters.forgetting import (
+from simprune.data.filters.forgetting import (
     MODES,
     TIE_BREAKS,
     ForgettingFilter,
@@ -46,6 +40,12 @@ from simprune.train.filters.forgetting import (
     kept_count,
     stats_until,
 )
+from simprune.drive.single import Reduced, finish, record
+from simprune.frameworks.base import FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
+from simprune.frameworks.supervised import Supervised, SupervisedConfig, pool_tokens
+from simprune.models.vit import VisionTransformer
+from simprune.reducers.attn_topk import AttnTopKReducer
+from simprune.tokens import num_keep
 
 EXAMPLE_MODES = ("off", *MODES)
 

@@ -1,4 +1,5 @@
-"""Losses and the small pure updates around them: one file per loss, torch only, no collectives."""
+"""Losses and the small pure updates around them (DINO's centre): one file per loss, torch only, no
+collectives. The EMA update and its momentum schedule are the teacher's: :mod:`simprune.teachers.momentum`."""
 
 from simprune.losses.ce import (
     cross_entropy,
@@ -16,7 +17,6 @@ from simprune.losses.dino import (
     update_center,
     update_center_,
 )
-from simprune.losses.ema import ema_update_, momentum_at
 from simprune.losses.info_nce import info_nce, info_nce_per_sample
 
 __all__ = [
@@ -25,10 +25,8 @@ __all__ = [
     "cross_entropy_per_sample",
     "dino_loss",
     "dino_loss_per_sample",
-    "ema_update_",
     "info_nce",
     "info_nce_per_sample",
-    "momentum_at",
     "smooth_targets",
     "soft_cross_entropy",
     "soft_cross_entropy_per_sample",

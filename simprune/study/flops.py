@@ -6,13 +6,13 @@ scaled by the framework's steps per epoch relative to training on every example
 from __future__ import annotations
 
 from simprune.bench.flops import StepCounter, dense_config, reference_config
-from simprune.train.config import TrainConfig, planned_steps
+from simprune.config import TrainConfig, planned_steps
 
 
 def epoch_share(cfg: TrainConfig) -> float:
     """The run's optimiser steps per epoch over those of training on every example (1 unless the
     framework's sample filter trains on a subset)."""
-    from simprune.train.loop import FRAMEWORKS
+    from simprune.config import FRAMEWORKS
 
     return float(FRAMEWORKS.get(cfg.framework).epoch_share(cfg))
 
@@ -22,8 +22,7 @@ def step_counter(cfg: TrainConfig) -> StepCounter:
     distillation teacher before it is trained), one built with the framework's cost-counting
     settings (:meth:`Framework.bench_defaults`: a random frozen teacher of the same architecture),
     which count the same FLOPs."""
-    from simprune.train.config import make_config
-    from simprune.train.loop import FRAMEWORKS
+    from simprune.config import FRAMEWORKS, make_config
 
     try:
         return StepCounter(cfg)

@@ -44,15 +44,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import (
+from simprune.config import (
+    FRAMEWORKS,
     TrainConfig,
     aliases,
     flatten,
     load_recipe,
     make_config,
-    tomllib,
+    read_toml,
     valid_keys,
 )
+from simprune.config.flags import parse_sets as config_sets
 from simprune.train.finetune import finetune_config
 
 STUDY_KEYS = {
@@ -172,12 +174,7 @@ def _finetune_table(spec: dict[str, Any], path: Path) -> tuple[Path | None, dict
 
 def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
     """``--set key=value`` strings -> overrides (values are parsed by the config's types)."""
-    out: dict[str, str] = {}
-    for item in items or ():
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = value
+    out = config_sets(items)
     _check_keys("--set", list(out))
     return out
 
@@ -192,16 +189,10 @@ def _rates(value: Any, where: str) -> list[float]:
 def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | Path | None = None,
                sets: dict[str, Any] | None = None) -> Study:
     """Read a study recipe and build every cell's config (all errors before anything runs)."""
-    from simprune.train.loop import check_config
+    from simprune.run import check_config
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"study recipe {str(path)!r} not found")
-    try:
-        with path.open("rb") as f:
-            spec = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    spec = read_toml(path, "study recipe")
     unknown = sorted(set(spec) - set(STUDY_KEYS))
     if unknown:
         valid = "; ".join(f"{k} ({v})" for k, v in STUDY_KEYS.items())
@@ -252,6 +243,8 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
             msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
             raise ValueError(f"{where}: {msg}") from err
         dense = probe.reducer.method == "dense"
+        # the linear probe is part of the k-NN evaluation; a classifier reports its own top-1
+        probe_key = {"linear_probe": True} if FRAMEWORKS.get(probe.framework).eval_protocol == "knn" else {}
         budget = 0.0 if dense else probe.reducer.flops_budget
         if budget:  # one cell per seed, its keep rate solved from the budget (or the reducer's own)
             from simprune.bench.budget import check_budget_overrides
@@ -272,7 +265,7 @@ def load_study(path: str | Path, seeds: Sequence[int] | None = None, out: str | 
                          else f"{slug}_kr{rate:g}")
             for seed in seeds:
                 cell_over = {**({} if rate is None else {"keep_rate": rate}), "seed": seed,
-                             "out": str(out_dir / cell_slug / f"seed{seed}"), "linear_probe": True}
+                             "out": str(out_dir / cell_slug / f"seed{seed}"), **probe_key}
                 try:
                     cfg = make_config(merged, {**m_over, **cell_over, **sets})
                     check_config(cfg)

@@ -19,14 +19,13 @@ import csv
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simprune.config import TrainConfig
 from simprune.study.flops import flops_percent
 from simprune.study.plots import write_plot
-from simprune.study.results import CellResult, read_cell, top1_metric, top1_of
-from simprune.train.config import TrainConfig
+from simprune.study.results import CellResult, Row, read_cell, top1_metric, top1_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from simprune.study.recipe import Study
@@ -43,26 +42,6 @@ CELL_COLUMNS = [
     "method", "reducer", "keep_rate", "seed", "state", "step", "total_steps", "knn_top1", "knn_top5",
     "linear_top1", "train_seconds", "folder", "top1", "finetune_state", "finetune_top1",
 ]
-
-
-@dataclass
-class Row:
-    """One method × keep rate, over its seeds."""
-
-    method: str
-    reducer: str
-    keep_rate: float | None  # None: dense (runs once)
-    seeds_planned: int
-    seeds_finished: int
-    knn: tuple[float, float] | None  # (mean, std); std is nan with one seed
-    linear: tuple[float, float] | None
-    flops_pct: float | None
-    train_seconds: float | None
-    time_pct: float | None = None
-    metric: str = "knn"  # knn: ``knn`` holds k-NN top-1; test: the classifier's test top-1
-    finetune: tuple[float, float] | None = None  # fine-tuning test top-1 (mean, std)
-    finetuned: int = 0  # seeds whose fine-tuning finished
-    finetune_planned: bool = False  # the study fine-tunes this row's cells
 
 
 def held_note(cfg: Any) -> str:

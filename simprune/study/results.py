@@ -1,7 +1,8 @@
 """What a study cell's folder says about it (and its ``finetune/`` sub-folder about the
 fine-tuning run): finished (``results.json`` with the final top-1), stopped (a checkpoint, or
 ``results.json`` without it), failed (``study_error.json``, written by the runner) or not
-started. Nothing here trains."""
+started; and a report's :class:`Row` (one method x keep rate over its seeds), which the table and
+the plot both read. Nothing here trains."""
 
 from __future__ import annotations
 
@@ -32,6 +33,26 @@ class CellResult:
     @property
     def finished(self) -> bool:
         return self.state == "finished"
+
+
+@dataclass
+class Row:
+    """One method × keep rate, over its seeds."""
+
+    method: str
+    reducer: str
+    keep_rate: float | None  # None: dense (runs once)
+    seeds_planned: int
+    seeds_finished: int
+    knn: tuple[float, float] | None  # (mean, std); std is nan with one seed
+    linear: tuple[float, float] | None
+    flops_pct: float | None
+    train_seconds: float | None
+    time_pct: float | None = None
+    metric: str = "knn"  # knn: ``knn`` holds k-NN top-1; test: the classifier's test top-1
+    finetune: tuple[float, float] | None = None  # fine-tuning test top-1 (mean, std)
+    finetuned: int = 0  # seeds whose fine-tuning finished
+    finetune_planned: bool = False  # the study fine-tunes this row's cells
 
 
 def read_results(folder: Path) -> dict[str, Any] | None:
@@ -78,7 +99,7 @@ def read_run(cell: Cell, folder: Path, peek_checkpoint: bool = True) -> CellResu
     if ckpt.is_file():
         step = total = None
         if peek_checkpoint:
-            from simprune.train.checkpoint import load_checkpoint
+            from simprune.checkpoint import load_checkpoint
 
             saved = load_checkpoint(ckpt)
             step, total = saved.get("step"), saved.get("total_steps")

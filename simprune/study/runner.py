@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from simprune.atomic import atomic_write_text
+from simprune.config import TrainConfig, incompatible
 from simprune.study.args import PHASES, command_line
 from simprune.study.locks import pid_alive, release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
-from simprune.train.config import TrainConfig, incompatible
 
 #: the log of every sitting (command, start, wall time, cells trained), in the out folder
 LOG_NAME = "study.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from simprune.losses.ema import ema_update_, momentum_at
+from simprune.teachers.momentum import ema_update_, momentum_at
 
 
 def copy_matching_(teacher: nn.Module, student: nn.Module) -> list[str]:

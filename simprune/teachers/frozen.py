@@ -54,9 +54,11 @@ def load_frozen_teacher(path: str | Path, model: str = "", branch: str = "",
             raise ValueError(f"{ckpt} predates recorded evaluation branches: set the teacher branch")
         arch = model or cfg.get("model", "")
         overrides["img_size"] = img_size or cfg.get("global_size")
-        for key in ("init", "pos_embed"):
-            if key in cfg:
-                overrides[key] = cfg[key]
+        section = cfg.get(cfg.get("framework", ""), None)
+        for key in ("init", "pos_embed"):  # init: [mocov3]'s since it left the base keys
+            value = cfg.get(key, section.get(key) if isinstance(section, dict) else None)
+            if value is not None:
+                overrides[key] = value
         for key in ("patch_size", "embed_dim", "depth", "num_heads"):  # the run's size overrides
             if cfg.get(key):
                 overrides[key] = cfg[key]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from simprune.train.config import TrainConfig, make_config
+from simprune.config import TrainConfig, make_config
 
 #: keys a fine-tuning run takes from the pre-trained run's config
 INHERITED = ("model", "patch_size", "embed_dim", "depth", "num_heads", "global_size", "load_size",
@@ -26,7 +26,7 @@ def run_config(src: str | Path) -> dict[str, Any]:
     src = Path(src)
     ckpt = src / "checkpoint.pt" if src.is_dir() else src
     if ckpt.suffix == ".pt":
-        from simprune.train.checkpoint import load_checkpoint
+        from simprune.checkpoint import load_checkpoint
 
         if not ckpt.is_file():
             raise FileNotFoundError(f"no checkpoint at {str(ckpt)!r}; pass a run folder, "

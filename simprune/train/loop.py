@@ -24,18 +24,7 @@ from torch import nn
 
 from simprune import dist
 from simprune.atomic import atomic_write_text, remove_stale_temps
-from simprune.data import DATASETS, default_cache_dir, load_dataset, resolve_data_root
-from simprune.data.datasets import dataset_key
-from simprune.data.folder import default_load_size
-from simprune.data.loader import resolve_workers, train_loader
-from simprune.data.shards import shard_sampler
-from simprune.data.split import check_split, split_training_set
-from simprune.data.stats import dataset_stats
-from simprune.eval.features import random_subset
-from simprune.frameworks import FRAMEWORKS, Batch, DataInfo, Framework, Progress
-from simprune.interrupt import interrupts_deferred
-from simprune.models.init import check_init_options
-from simprune.train.checkpoint import (
+from simprune.checkpoint import (
     CKPT_NAME,
     CheckpointError,
     atomic_save,
@@ -45,91 +34,45 @@ from simprune.train.checkpoint import (
     rng_state,
     set_rng_state,
 )
-from simprune.train.config import (
+from simprune.config import (
     TrainConfig,
-    check_model,
     incompatible,
-    make_config,
+    owns_flops_budget,
     planned_steps,
     run_length_key,
+)
+from simprune.data import default_cache_dir, resolve_data_root
+from simprune.data.loader import train_loader
+from simprune.data.sampler import ResumableSampler
+from simprune.data.shards import shard_sampler
+from simprune.data.split import split_training_set
+from simprune.eval.features import random_subset
+from simprune.frameworks import FRAMEWORKS, Batch, Progress
+from simprune.interrupt import interrupts_deferred
+
+# the run assembly, also importable from here as before it moved to simprune.run
+from simprune.run import (  # noqa: F401
+    PRECISIONS,
+    build_augment,
+    build_framework,
+    build_optimizer,
+    check_config,
+    check_device,
+    check_eval_settings,
+    data_info,
+    load_run,
+    load_split,
+    note,
+    set_hparams,
     size_note,
-    upgrade_saved,
 )
 from simprune.train.evaluate import EVAL_PROTOCOLS
-from simprune.train.log import MetricsLog
-from simprune.train.log import Progress as ProgressBar
-from simprune.train.optim import cosine, lr_at, set_hparams
-from simprune.train.sampler import ResumableSampler
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from simprune.train.log import MetricsLog, ProgressBar
+from simprune.train.optim import cosine, lr_at
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on (bad config, incompatible checkpoint, non-finite loss)."""
-
-
-def note(msg: str) -> None:
-    """One line on stderr (``simprune: note: ...``): something the user should know, not an error."""
-    print(f"simprune: note: {msg}", file=sys.stderr, flush=True)
-
-
-def data_info(cfg: TrainConfig, train_set: Any = None) -> DataInfo:
-    """What a framework may know of the training data: classes, size, channels, statistics.
-
-    Without ``train_set`` (cost benchmarks, tests) the data set's registered facts are used.
-    """
-    mean, std = dataset_stats(cfg.dataset)
-    key = cfg.dataset.lower().replace("-", "_")
-    spec = DATASETS.get(key) if key in DATASETS else None
-    if train_set is not None:
-        labels = getattr(train_set, "labels", None)
-        classes = getattr(train_set, "classes", None) or []
-        n_classes = len(classes) or (int(labels.max()) + 1 if labels is not None and len(labels) else 0)
-        n = len(train_set)
-    else:
-        n_classes, n = (spec.n_classes if spec is not None and spec.n_classes else 10), 0
-    return DataInfo(cfg.dataset, n_classes, n, has_labels=n_classes > 0, in_chans=len(mean),
-                    mean=tuple(mean), std=tuple(std))
-
-
-def build_framework(cfg: TrainConfig, data: DataInfo | None = None) -> Framework:
-    """The framework (branches, teacher, heads) a config describes."""
-    return FRAMEWORKS.get(cfg.framework).build(cfg, data or data_info(cfg))
-
-
-def load_run(ckpt: str | Path) -> tuple[TrainConfig, Framework, dict[str, Any]]:
-    """A finished or partial run, for evaluation or export: ``(config, framework with the saved
-    weights, the checkpoint dict)``. ``ckpt``: a run folder or its ``checkpoint.pt``.
-
-    Raises:
-        FileNotFoundError: no checkpoint there (the message says what to pass).
-    """
-    path = Path(ckpt)
-    if path.is_dir():
-        path = path / CKPT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
-    saved = load_checkpoint(path)
-    cfg = make_config(upgrade_saved(saved["config"]))
-    fw = build_framework(cfg)
-    fw.load_state_dict(saved["framework"])
-    return cfg, fw, saved
-
-
-def build_augment(cfg: TrainConfig, framework: Framework, data: DataInfo | None = None) -> nn.Module:
-    return framework.build_augment(cfg, data or data_info(cfg))
-
-
-def load_split(cfg: TrainConfig, root: Path, split: str) -> Any:
-    """A split of the run's data set with the loader options the recipe implies: an image folder
-    is decoded at ``load_size`` (0: ``ceil(global_size * 256 / 224)``), cached when it fits
-    ``$SIMPRUNE_CACHE_MB``, with a progress bar when ``progress_bar``."""
-    options: dict[str, Any] = {}
-    if dataset_key(cfg.dataset) == "imagefolder":
-        options = {"load_size": cfg.load_size or default_load_size(cfg.global_size),
-                   "progress": bool(cfg.progress_bar and dist.is_main()),
-                   "workers": resolve_workers(cfg.num_workers)}
-    return load_dataset(cfg.dataset, root, split, **options)
 
 
 def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images: int) -> str:
@@ -145,95 +88,11 @@ def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images
         line += f"; this sitting stops at max_steps {cfg.max_steps}"
     rc = cfg.reducer
     if rc.method != "dense" and rc.flops_budget:
-        from simprune.reducers import REDUCERS
-
-        if getattr(REDUCERS.get(rc.method), "owns_flops_budget", False):
+        if owns_flops_budget(rc.method):
             line += f"; {rc.method} flops budget {rc.flops_budget:g}"
         else:
             line += f"; keep rate {rc.keep_rate:g} solved from flops budget {rc.flops_budget:g}"
     return line
-
-
-def check_config(cfg: TrainConfig) -> None:
-    """Fail fast, before any file is written, on values that cannot work."""
-    from simprune.reducers import REDUCERS
-    from simprune.reducers.schedule import WINDOWS
-    from simprune.tokens import check_keep_rate
-
-    fw = FRAMEWORKS.get(cfg.framework)
-    check_model(cfg)
-    rc = cfg.reducer
-    if rc.method != "dense":
-        if rc.method not in REDUCERS:
-            import difflib
-
-            known = ["dense", *REDUCERS.names()]
-            close = difflib.get_close_matches(rc.method, known, n=1)
-            raise ValueError(f"unknown reduction method {rc.method!r}; known: {', '.join(known)}."
-                             + (f" Did you mean {close[0]!r}?" if close else ""))
-        check_keep_rate(rc.keep_rate, "reducer.keep_rate")
-        WINDOWS.get(rc.window)
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
-    check_init_options(cfg.init, cfg.pos_embed)
-    if cfg.epochs < 0 or cfg.batch_size < 1:
-        raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
-    for key in ("steps", "images_seen"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{key} must be >= 1, or 0 when the run length is given otherwise, got "
-                             f"{getattr(cfg, key)}")
-    for key in ("log_every", "ckpt_every"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be >= 1 (steps), got {getattr(cfg, key)}")
-    for key in ("keep_every", "max_steps", "train_subset"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    resolve_workers(cfg.num_workers)
-    check_split(cfg.held_out, cfg.train_on)
-    if cfg.time_limit < 0:
-        raise ValueError(f"time_limit must be >= 0 minutes (0: none), got {cfg.time_limit}")
-    check_eval_settings(cfg)
-    check_device(cfg.device)
-    if fw.eval_protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"framework {cfg.framework!r} evaluates by {fw.eval_protocol!r}; known "
-                         f"protocols: {', '.join(EVAL_PROTOCOLS)}")
-    fw.check(cfg)
-
-
-def check_eval_settings(cfg: TrainConfig) -> None:
-    """The evaluation keys (checked before the first step, and by ``simprune eval``)."""
-    for key in ("knn_k", "knn_train", "knn_test"):
-        if getattr(cfg, key) < (1 if key == "knn_k" else 0):
-            raise ValueError(f"{key} must be >= {1 if key == 'knn_k' else 0}, got {getattr(cfg, key)}")
-    if not cfg.knn_temperature > 0:
-        raise ValueError(f"knn_temperature must be > 0, got {cfg.knn_temperature}")
-    if cfg.knn_every < 0:
-        raise ValueError(f"knn_every must be >= 0 epochs (0: only at the end), got {cfg.knn_every}")
-    if not cfg.test_split:
-        raise ValueError("test_split must name the split to evaluate on (e.g. 'test' or 'val')")
-
-
-def check_device(device: str) -> None:
-    """``auto``, ``cpu`` or a device this machine has (``cuda`` needs a GPU torch can see)."""
-    if device == "auto":
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a device name torch knows; use auto, cpu, cuda "
-                         "or cuda:<index>") from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: torch sees no CUDA GPU on this machine "
-                             "(torch.cuda.is_available() is False); use --device cpu (or auto)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
-                             "GPU(s)")
-    elif dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu (or auto)")
-    elif dev.type != "cpu":
-        raise ValueError(f"device {device!r}: simprune trains on auto, cpu, cuda or mps")
 
 
 def check_out_dir(run_dir: Path) -> None:
@@ -260,6 +119,14 @@ def check_out_dir(run_dir: Path) -> None:
                             "pass another --out")
 
 
+def check_protocol(cfg: TrainConfig) -> None:
+    """The framework's evaluation protocol is one the trainer has (:data:`EVAL_PROTOCOLS`)."""
+    protocol = FRAMEWORKS.get(cfg.framework).eval_protocol
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"framework {cfg.framework!r} evaluates by {protocol!r}; known "
+                         f"protocols: {', '.join(EVAL_PROTOCOLS)}")
+
+
 class Trainer:
     """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``.
 
@@ -270,6 +137,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         check_config(cfg)
+        check_protocol(cfg)
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.ckpt_path = self.run_dir / CKPT_NAME
@@ -337,8 +205,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(
                 self.framework, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
-        self.opt = torch.optim.AdamW(self.framework.param_groups(), lr=cfg.lr,
-                                     weight_decay=cfg.weight_decay)
+        self.opt = build_optimizer(cfg, self.framework)
         self.amp_dtype = PRECISIONS[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0

@@ -1,22 +1,13 @@
-"""AdamW with weight decay on weights only, and cosine schedules with a linear warm-up."""
+"""Cosine schedules with a linear warm-up (learning rate, weight decay). The optimiser itself (AdamW
+with weight decay on weights only) is built by :func:`simprune.run.build_optimizer` from the
+framework's :meth:`~simprune.frameworks.Framework.param_groups`; the names stay importable here."""
 
 from __future__ import annotations
 
 import math
 
-import torch
-from torch import nn
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups: decayed weights, and biases/norm parameters (1-d) with no decay."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "apply_wd": True}, {"params": no_decay, "weight_decay": 0.0,
-                                                  "apply_wd": False}]
+from simprune.frameworks.base import param_groups  # noqa: F401
+from simprune.run import set_hparams  # noqa: F401
 
 
 def cosine(start: float, end: float, t: float) -> float:
@@ -30,10 +21,3 @@ def lr_at(t: float, base: float, min_lr: float, warmup: float) -> float:
     if warmup > 0 and t < warmup:
         return base * t / warmup
     return cosine(base, min_lr, (t - warmup) / max(1e-12, 1.0 - warmup))
-
-
-def set_hparams(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
-        if g.get("apply_wd", False):
-            g["weight_decay"] = weight_decay

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from simprune.train.config import TrainConfig
+    from simprune.config import TrainConfig
     from simprune.viz.trace import PruningTrace
 
 #: the same as :data:`simprune.viz.trace.BRANCHES` (kept here so building the parser stays light)
@@ -79,16 +79,6 @@ def add_viz_args(p: argparse.ArgumentParser) -> None:
                    help="logs: the x axis (default progress = step / total steps)")
     p.add_argument("--mean-seeds", action="store_true",
                    help="logs: average runs in <method>/seed<N> folders per method")
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.replace("-", "_")] = value
-    return out
 
 
 def _load_image(args: argparse.Namespace, cfg: TrainConfig) -> tuple[Tensor, str]:
@@ -154,10 +144,11 @@ def run_viz(args: argparse.Namespace) -> int:
         raise ValueError(f"--progress must be in [0, 1], got {args.progress}")
     kw = dict(branch=args.branch, show_original=not args.no_original)
     if not args.ckpt:
-        from simprune.train.config import load_recipe
+        from simprune.config import load_recipe
+        from simprune.config.flags import parse_sets
 
         recipe = load_recipe(args.config) if args.config else {}
-        overrides = _parse_overrides(args.overrides)
+        overrides = parse_sets(args.overrides)
         methods = args.methods or [base_method(overrides, base_method(recipe, "simprune"))]
         progress = args.progress if args.progress is not None else 0.0
         traces, image, label = [], None, ""

@@ -99,7 +99,7 @@ def _images(cfg: Any, split: str, n: int, seed: int, data: str | None) -> Tensor
     from simprune.data import load_dataset, resolve_data_root
     from simprune.data.augment import EvalTransform
     from simprune.data.stats import dataset_stats
-    from simprune.train.evaluate import random_subset
+    from simprune.subset import random_subset
 
     ds = load_dataset(cfg.dataset, resolve_data_root(data or cfg.data or None), split)
     idx = random_subset(len(ds), n, seed)
@@ -113,7 +113,7 @@ def _images(cfg: Any, split: str, n: int, seed: int, data: str | None) -> Tensor
 
 def run_diversity(args: Any) -> int:
     """Compute the curves for a fresh backbone and every ``--ckpt``, write PNG and JSON."""
-    from simprune.train.config import load_recipe
+    from simprune.config import load_recipe
     from simprune.viz.runs import framework_from_run, fresh_framework, load_runs
 
     runs = load_runs(args.ckpt) if args.ckpt else []
@@ -121,10 +121,10 @@ def run_diversity(args: Any) -> int:
         base = dict(runs[0].config)
         fresh_cfg, fresh_fw = fresh_framework(base, None, args.seed)
     else:
-        from simprune.viz.cli import _parse_overrides
+        from simprune.config.flags import parse_sets
 
         recipe = load_recipe(args.config) if args.config else {}
-        fresh_cfg, fresh_fw = fresh_framework(recipe, None, args.seed, _parse_overrides(args.overrides))
+        fresh_cfg, fresh_fw = fresh_framework(recipe, None, args.seed, parse_sets(args.overrides))
     drop_at = tuple(args.drop_at)
     images = _images(fresh_cfg, args.split, args.n_images, args.seed, args.data)
     panels = []

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
+from simprune.reducers import REDUCERS
 from simprune.viz.overlay import original_rgba, point_rgba
 from simprune.viz.trace import PruningTrace, ViewPoint
 
@@ -106,12 +107,12 @@ def _draw_original(ax, trace: PruningTrace, v: int, vp: ViewPoint) -> None:
 
 
 def row_label(trace: PruningTrace) -> str:
-    """Method, then the step (checkpoints) and SimPrune's window position."""
+    """Method, then the step (checkpoints) and a pair reducer's window position (SimPrune's)."""
     parts = [trace.label or trace.method]
     if trace.step is not None:
         parts.append(f"step {trace.step}/{trace.total_steps}")
     parts.append(f"t={trace.progress:.2f} keep={trace.keep_rate:.2f}")
-    if trace.method == "simprune":
+    if trace.method in REDUCERS and REDUCERS.get(trace.method).is_pair:  # a window position
         parts.append(f"window p={trace.position:.2f}")
     return "\n".join(parts)
 

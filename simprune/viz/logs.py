@@ -87,7 +87,7 @@ def _planned_steps(config: dict[str, Any], steps_per_epoch: float | None) -> int
 
 def read_run(path: str | Path) -> RunLog:
     """Every numeric series of a run folder's ``metrics.jsonl`` (evaluation records included)."""
-    from simprune.train.log import read_records
+    from simprune.records import read_records
 
     f = _metrics_file(path)
     run = RunLog(f.parent)

@@ -12,7 +12,7 @@ own method and are dropped for another method, as are its keys that do not apply
 method (``make_config`` drops them, e.g. ``reducer.window`` when SimPrune is switched to EViT).
 
 Checkpoint configs are nested (``[reducer]``, ``[teacher]``, ``[<framework>]``); configs saved
-before sections existed are read through :func:`~simprune.train.config.upgrade_saved`.
+before sections existed are read through :func:`~simprune.config.upgrade_saved`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 from torch import nn
 
-from simprune.train.checkpoint import CKPT_NAME, load_checkpoint
-from simprune.train.config import ReducerConfig, TrainConfig, flatten, make_config, upgrade_saved
-from simprune.train.loop import build_framework
+from simprune.checkpoint import CKPT_NAME, load_checkpoint
+from simprune.config import ReducerConfig, TrainConfig, flatten, make_config, upgrade_saved
+from simprune.run import build_framework
 
 
 @dataclass

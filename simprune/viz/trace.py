@@ -1,6 +1,6 @@
 """Run a framework on one image and keep what each reduction point did to its two global views.
 
-The views come from the framework's own augmentation (:func:`simprune.train.loop.build_augment`)
+The views come from the framework's own augmentation (:func:`simprune.run.build_augment`)
 with colour operations off (crop + flip + normalise), so what the network sees is exactly what the
 figure shows (un-normalised). A fixed ``seed`` fixes the crop boxes and flips, so every method and
 every checkpoint traced with the same seed sees the same two views; the same seed also drives a
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from simprune.config import TrainConfig
 from simprune.data.augment_ops import to_unit_float
 from simprune.drive import PairPoint, PointRecord
-from simprune.train.config import TrainConfig
-from simprune.train.loop import build_augment, build_framework
+from simprune.run import build_augment, build_framework
 
 BRANCHES = ("student", "teacher", "pair")
 

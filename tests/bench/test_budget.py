@@ -23,8 +23,8 @@ from simprune.bench.budget import (
     solve_keep_rate,
 )
 from simprune.bench.flops import step_report, with_reducer
+from simprune.config import make_config
 from simprune.tokens import num_keep
-from simprune.train.config import make_config
 from simprune.train.loop import plan_line
 
 NANO = "vit_nano_patch4_32"

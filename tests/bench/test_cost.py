@@ -69,7 +69,7 @@ def test_memory_below_dense_and_falls_with_keep_rate(dino_run):
 
 def test_counted_flops_fall_with_keep_rate_and_match_bench_flops(dino_run):
     from simprune.bench.flops import step_flops
-    from simprune.train.config import make_config
+    from simprune.config import make_config
 
     rows = dino_run[1]["rows"]
     for m in METHODS:
@@ -133,10 +133,12 @@ def test_matching_variant_against_its_base(tmp_path, capsys):
     assert one["vs_base"] == pytest.approx(one["time_ratio"] / plain["time_ratio"])
     assert one["vs_base_cpu"] == pytest.approx(one["cpu_time_ratio"] / plain["cpu_time_ratio"])
     table = format_table(res).splitlines()
-    header = next(ln for ln in table if ln.startswith("method"))
-    row = next(ln for ln in table if ln.startswith("simprune:matching=one_to_one "))
-    assert "/base" in header and len(row.split()) == len(header.split())
-    assert header.index("keep") + 4 == row.index("0.70") + 4  # aligned under the wide name
+    header = next(ln for ln in table if ln.startswith("setting"))
+    row = next(ln for ln in table if ln.startswith(one["label"] + " "))
+    assert "simprune:matching=one_to_one" in one["label"] and "/base" in header
+    # the columns stay aligned under the wide label: each figure ends where its heading ends
+    assert header.index("time") + len("time") == row.index(f"{one['time_ratio']:.3f}") + 5
+    assert f"{one['vs_base']:.3f}" in row
     with (out / "cost.csv").open(newline="") as f:
         assert float(list(csv.DictReader(f))[2]["vs_base"]) == pytest.approx(one["vs_base"])
 
@@ -209,3 +211,20 @@ def test_config_precedence_and_defaults():
     assert (flags.batch_size, flags.fw.hidden) == (32, 512)
     at = train_config(parse(["--reduce-at", "3", "6"]))
     assert at.reducer.reduce_at == [3, 6]
+
+
+def test_the_grid_of_a_reducer_framework_is_one_group_against_dense():
+    """plan_settings: the dense reference first, then every method x keep rate with the reduction
+    points given; the comparison pairs the first two methods given."""
+    from simprune.bench.cost import comparison, plan_settings
+
+    cfg = train_config(parse([*TINY[:4], "--framework", "mocov3", "--reduce-at", "2", "3"]))
+    plan = plan_settings(cfg, ["simprune", "evit"], [0.9, 0.7])
+    assert [(c.reducer.method, c.reducer.keep_rate if c.reducer.method != "dense" else None)
+            for _, c in plan] == [("dense", None), ("simprune", 0.9), ("simprune", 0.7), ("evit", 0.9),
+                                  ("evit", 0.7)]
+    assert {g for g, _ in plan} == {"mocov3 dense"}
+    assert all(list(c.reducer.reduce_at) == [2, 3] for _, c in plan[1:])
+    assert comparison(["evit", "tome:x=1", "simprune"]) == ("evit", "tome") and comparison(["evit"]) is None
+    with pytest.raises(ValueError, match="masks nothing"):
+        plan_settings(cfg, ["evit"], [0.9], mask_ratios=[0.8])

@@ -15,13 +15,13 @@ from torch import nn
 
 from simprune.bench.flops import add_flops_args, dense_config, run_flops, step_flops, step_report
 from simprune.bench.micro import add_micro_args, run_micro
+from simprune.config import make_config
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.drive import forward_reduced
 from simprune.frameworks import DENSE, FRAMEWORKS, Framework, StepOutput
 from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.reducers import REDUCERS
 from simprune.tokens import num_keep
-from simprune.train.config import make_config
 
 NANO = "vit_nano_patch4_32"
 N_PATCHES = 64  # 32 px / patch 4
@@ -59,7 +59,7 @@ def test_every_framework_reducer_pairing_has_a_flops_ratio():
         report = step_report(config(fw, method, **needs.get((fw, method), {})))
         ratio = report["flops_ratio"]
         assert math.isfinite(ratio) and 0.0 < ratio <= 1.05, (fw, method, ratio)
-        if hasattr(FRAMEWORKS.get(fw), "cost_reference"):  # MAE, PCAE: vs MAE at mask 0.75
+        if FRAMEWORKS.get(fw).masks:  # MAE, PCAE: their cost_reference is MAE at mask 0.75
             assert report["reference"].startswith("mae mask 0.75") and report["train_flops"] > 0
         elif method == DENSE:
             assert ratio == 1.0
@@ -223,6 +223,7 @@ def test_micro_runs_and_reports_json(capsys):
     torch.manual_seed(0)
     assert run_micro(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["variant"] for r in out["results"]] == ["student", "simprune"]
+    assert [(r["variant"], r["reducer"]) for r in out["results"]] == [("student", "evit_nofuse"),
+                                                                       ("pair", "simprune")]
     for r in out["results"]:
         assert 0.5 < r["flops_ratio"] < 1.0

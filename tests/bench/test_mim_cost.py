@@ -1,6 +1,6 @@
 """Cost of MAE and PCAE steps: ``bench flops`` takes their recipes (``--mask-ratio``, ``train_flops``,
 the decoder size, MAE at mask 0.75 as the reference), the FLOP ratios METHOD.md and ANCHORS.md
-predict on the CPU model, and ``bench cost``'s MAE/PCAE table."""
+predict on the CPU model, and ``bench cost`` on a PCAE recipe (the same path as every framework's)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import json
 
 import pytest
 
-from simprune.bench.cost import add_cost_args, run_cost
+from simprune.bench.cost import add_cost_args, plan_settings, run_cost
 from simprune.bench.flops import add_flops_args, run_flops, step_report
-from simprune.bench.mim_cost import plan_settings
-from simprune.train.config import make_config
+from simprune.config import make_config
 
 CPU = {"model": "vit_micro_patch4_32", "pos_embed": "sincos"}
 
@@ -69,11 +68,11 @@ def test_mask_ratio_flag_is_refused_for_a_framework_that_masks_nothing(capsys):
 
 def test_cost_groups_put_the_mae_reference_first():
     cfg = make_config({"framework": "pcae", **CPU})
-    plan = plan_settings(cfg, None, [8, 2], random_drop=True)
+    plan = plan_settings(cfg, None, decoder_depths=[8, 2], random_drop=True)
     labels = [(g, c.framework, c.fw.mask_ratio, c.fw.decoder_depth, getattr(c.fw, "random_drop", None))
               for g, c in plan]
-    assert labels[0] == ("decoder 8x64", "mae", 0.75, 8, None)
-    assert labels[7] == ("decoder 2x64", "mae", 0.75, 2, None)
+    assert labels[0] == ("mae mask 0.75, decoder 8x64", "mae", 0.75, 8, None)
+    assert labels[7] == ("mae mask 0.75, decoder 2x64", "mae", 0.75, 2, None)
     assert len(labels) == 14
     assert {(r, rd) for _, fw, r, d, rd in labels[1:7]} == {
         (r, rd) for r in (0.75, 0.85, 0.9) for rd in (False, True)}
@@ -90,10 +89,12 @@ def test_bench_cost_table_for_a_pcae_recipe(capsys, tmp_path):
     assert run_cost(args) == 0
     out = capsys.readouterr().out
     assert "mae mask 0.75, decoder 1x16" in out and "pcae mask 0.85, decoder 1x16" in out
-    res = json.loads((tmp_path / "out" / "mim_cost.json").read_text())
+    res = json.loads((tmp_path / "out" / "cost.json").read_text())
     ref, pcae = res["rows"]
-    assert ref["time_ratio"] == 1.0 and ref["decoded_tokens"] == 48
-    assert pcae["decoded_tokens"] == 6 and pcae["train_flops"] < ref["train_flops"]
+    assert ref["time_ratio"] == 1.0 and ref["decoded"] == 48
+    assert pcae["decoded"] == 6 and pcae["train_flops"] < ref["train_flops"]
     assert pcae["speedup"] == pytest.approx(1 / pcae["time_ratio"])
-    assert (tmp_path / "out" / "mim_cost.csv").read_text().startswith("group,label,framework,mask_ratio")
+    assert (pcae["mask_ratio"], pcae["decoder"], pcae["random_drop"]) == (0.85, "1x16", False)
+    head = (tmp_path / "out" / "cost.csv").read_text().splitlines()[0].split(",")
+    assert head[:3] == ["group", "label", "framework"] and "mask_ratio" in head and "decoded" in head
     assert run_cost(args) == 2  # never overwrites

@@ -14,7 +14,7 @@ from simprune.data import CorruptImageError, load_dataset
 from simprune.data.augment import dino_augment
 from simprune.data.crops import Crops, crop_spec, cut_crops, draft_request
 from simprune.data.loader import StepBatches, TrainLoader, default_workers, resolve_workers, sample_seed
-from simprune.train.sampler import ResumableSampler
+from simprune.data.sampler import ResumableSampler
 
 SEED = 3
 

@@ -106,8 +106,8 @@ def test_point_zero_drops_input_tokens_exactly():
 
 
 def test_point_zero_refuses_reducers_that_read_attention():
+    from simprune.config import make_config
     from simprune.frameworks.parts import build_plans
-    from simprune.train.config import make_config
 
     for method in ("evit", "tome", "simprune"):
         cfg = make_config({"method": method, "reduce_at": [0, 4]})

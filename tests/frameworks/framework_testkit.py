@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
+from simprune.config import make_config
 from simprune.frameworks import Batch
-from simprune.train.config import make_config
-from simprune.train.loop import build_augment, build_framework, check_config, data_info
+from simprune.run import build_augment, build_framework, check_config, data_info
 
 #: MAE/PCAE at test size: the 48-wide nano ViT/4 and a 2-block, 16-wide decoder
 SMALL_MIM = {"model": "vit_nano_patch4_32", "drop_path": 0.0, "decoder_depth": 2, "decoder_dim": 16,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from train_testkit import TINY_HEADS
 
+from simprune.config import make_config
 from simprune.data.augment import Views
 from simprune.frameworks import Batch, Progress
-from simprune.train.config import make_config
-from simprune.train.loop import build_framework
+from simprune.run import build_framework
 
 
 def _step(fw, opt, progress: Progress, seed: int) -> None:  # noqa: ANN001

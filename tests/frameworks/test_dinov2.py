@@ -7,8 +7,8 @@ import pytest
 import torch
 from framework_testkit import build, random_batch
 
+from simprune.config import make_config
 from simprune.frameworks import Progress
-from simprune.train.config import make_config
 from simprune.train.loop import check_config
 
 TINY = {"framework": "dinov2", "model": "vit_nano_patch4_32", "out_dim": 32, "head_hidden": 32,

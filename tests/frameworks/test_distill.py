@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import save_file
 from train_testkit import TINY
 
+from simprune.config import make_config
 from simprune.drive import forward_reduced
 from simprune.frameworks import Batch, Progress, distill
 from simprune.frameworks.distill import Distill, DistillConfig
 from simprune.models import create_model
 from simprune.teachers import load_frozen_teacher
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, build_augment, build_framework, check_config
 
 TEACHER = "vit_micro_patch4_32"  # 96 wide, the same 8x8 grid as the 48-wide nano student
@@ -260,8 +260,8 @@ def test_a_tiny_run_trains_resumes_evaluates_and_finetunes(teacher_file, data_ro
 
 def test_knn_and_the_linear_probe_read_the_pruned_student(teacher_file, data_root, monkeypatch):
     from simprune.data import load_dataset
+    from simprune.run import data_info
     from simprune.train.evaluate import knn_protocol
-    from simprune.train.loop import data_info
 
     cfg = distill_config(teacher_file, method="evit", keep_rate=0.5, knn_train=64, knn_test=32,
                          linear_probe=True, progress_bar=False)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from framework_testkit import build, random_batch
 
+from simprune.config import make_config
 from simprune.frameworks import Progress
-from simprune.train.config import make_config
-from simprune.train.loop import build_framework, check_config
+from simprune.run import build_framework, check_config
 
 MOCO = {"framework": "mocov3", "model": "vit_nano_patch4_32", "moco_hidden": 64, "moco_dim": 32,
         "method": "dynamic_simprune", "reducer_options": {"flops_budget": 0.8}, "drop_path": 0.0}

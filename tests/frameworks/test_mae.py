@@ -7,11 +7,11 @@ import torch
 from framework_testkit import SMALL_MIM, random_batch
 from framework_testkit import build as build_framework_of
 
+from simprune.config import make_config
 from simprune.frameworks import MAE, Batch, Progress
 from simprune.losses.mim import patchify
-from simprune.train.config import make_config
+from simprune.run import build_framework, check_config, data_info
 from simprune.train.evaluate import pooled
-from simprune.train.loop import build_framework, check_config, data_info
 
 SMALL = {"framework": "mae", **SMALL_MIM}
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from framework_testkit import SMALL_MIM, random_batch
 from framework_testkit import build as build_framework_of
 
+from simprune.config import make_config
 from simprune.frameworks import PCAE, Batch, Progress
 from simprune.frameworks.pcae import teacher_counts
-from simprune.train.config import make_config
-from simprune.train.loop import check_config
+from simprune.run import check_config
 
 SMALL = {"framework": "pcae", **SMALL_MIM}
 

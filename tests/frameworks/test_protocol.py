@@ -12,10 +12,10 @@ import torch
 from torch import nn
 from train_testkit import TINY
 
+from simprune.config import make_config
 from simprune.data.augment import OneCropAugment, OneCropConfig
 from simprune.frameworks import FRAMEWORKS, Framework, StepOutput
 from simprune.frameworks.parts import build_backbone
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer
 
 

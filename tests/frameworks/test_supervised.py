@@ -7,10 +7,10 @@ import pytest
 import torch
 from train_testkit import TINY
 
+from simprune.config import make_config
 from simprune.frameworks.supervised import mix_batch, pool_tokens
 from simprune.teachers import load_frozen_teacher
 from simprune.tokens import TokenState
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, check_config
 
 

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 from reducer_testkit import images, tiny_model
-from train_testkit import TINY
+from train_testkit import TINY, with_heads
 
+from simprune.config import make_config
 from simprune.drive import forward_reduced
 from simprune.drive.plan import ReductionPlan
 from simprune.frameworks import Batch, Progress
@@ -18,7 +19,6 @@ from simprune.frameworks.trilevel import Trilevel, attn_keep_at, trilevel_forwar
 from simprune.reducers import KeepRateSchedule, create_reducer
 from simprune.reducers.attn_topk import AttnTopKReducer
 from simprune.tokens import num_keep
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, build_augment, build_framework, check_config
 
 
@@ -183,7 +183,7 @@ def test_run_resumed_right_after_a_round_matches_one_run(data_root, tmp_path):
     """Killed right after round 1 (or between the rounds), the run resumes with the same subset,
     pool and statistics, and ends with the same weights and example level as a run in one go."""
     torch.set_num_threads(1)
-    over = {**TINY, "framework": "trilevel", "data": str(data_root), "epochs": 3.0,
+    over = {**with_heads({**TINY, "framework": "trilevel"}), "data": str(data_root), "epochs": 3.0,
             "deterministic": True, "eval_at_end": False, "ckpt_every": 1, "log_every": 13,
             "method": "attn_topk", "keep_rate": 0.7, "reducer.options": {"attn_keep": 0.5},
             "trilevel": {"example": "forgetting", "example_keep": 0.75, "remove_frac": 0.0625,
@@ -214,7 +214,7 @@ def test_run_resumed_right_after_a_round_matches_one_run(data_root, tmp_path):
 @pytest.mark.parametrize("form", ["masked", "sparse"])
 def test_a_step_reads_nothing_back_to_the_host(monkeypatch, form):
     """All three levels on, in the warm-up: forward and backward with every tensor-to-host read
-    disabled (the example level's statistics are device work too: tests/train/filters)."""
+    disabled (the example level's statistics are device work too: tests/data/filters)."""
     torch.manual_seed(0)
     cfg = _config(**{"reducer.method": "attn_topk", "reducer.keep_rate": 0.8,
                      "reducer.keep_warmup": [0.1, 0.5], "trilevel.example": "forgetting",

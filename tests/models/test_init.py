@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from simprune.config import make_config
 from simprune.models import create_model
 from simprune.models.init import sincos_pos_embed
-from simprune.train.config import make_config
-from simprune.train.loop import build_framework, check_config
+from simprune.run import build_framework, check_config
 
 
 def test_sincos_matches_a_loop_rederivation():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from reducer_testkit import images, synthetic_point, tiny_model
 
+from simprune.config import make_config
 from simprune.drive import forward_reduced
 from simprune.frameworks.parts import build_plans
 from simprune.frameworks.supervised import pool_tokens
@@ -15,7 +16,6 @@ from simprune.models import ReductionPoint
 from simprune.models.layers import AttentionExtras
 from simprune.reducers import KeepRateSchedule, create_reducer
 from simprune.reducers.mean_sim import mean_sim_keep, mean_similarity
-from simprune.train.config import make_config
 
 
 def test_drops_the_most_mean_like_and_appends_their_mean():

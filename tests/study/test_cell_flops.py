@@ -6,8 +6,8 @@ import pytest
 from study_testkit import TINY
 
 from simprune.bench.flops import step_report
+from simprune.config import make_config
 from simprune.study.flops import flops_percent, flops_ratio
-from simprune.train.config import make_config
 
 
 def test_flops_ratio_is_the_counted_step_of_the_cell_config():

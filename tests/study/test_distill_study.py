@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from study_testkit import REPO
 
+from simprune.config import load_recipe
 from simprune.study.flops import flops_percent
 from simprune.study.recipe import load_study
 from simprune.study.report import aggregate, held_note
 from simprune.study.results import CellResult
-from simprune.train.config import load_recipe
 
 
 @pytest.fixture(scope="module")

@@ -140,8 +140,8 @@ def test_a_real_cell_is_finetuned_from_its_backbone(data_root, tmp_path):
     the cell's evaluation backbone exactly: the run started from the cell's trained weights."""
     import torch
 
+    from simprune.checkpoint import load_checkpoint
     from simprune.frameworks import FRAMEWORKS
-    from simprune.train.checkpoint import load_checkpoint
 
     methods = '[[methods]]\nname = "Dense"\nmethod = "dense"\n'
     recipe = _study(tmp_path, methods, FINETUNE + "lr = 0.0\nmin_lr = 0.0\n")

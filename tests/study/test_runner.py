@@ -14,10 +14,10 @@ import time
 import pytest
 from study_testkit import METHODS, REPO, FakeTrainer, NoTraining, read_csv, study_args, write_study
 
+from simprune.checkpoint import load_checkpoint
 from simprune.cli import main as cli_main
 from simprune.study import run_study, runner
 from simprune.train import loop
-from simprune.train.checkpoint import load_checkpoint
 
 
 def test_dry_run_trains_nothing(tmp_path, monkeypatch, capsys):

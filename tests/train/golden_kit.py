@@ -49,7 +49,7 @@ METHODS = ("dense", "simprune", "evit", "tome")
 
 def run_one(framework: str, method: str, out: Path) -> dict[str, Any]:
     """Per-step losses (as float hex) and the kept ids of step 0's batch at every point."""
-    from simprune.train.config import make_config
+    from simprune.config import make_config
     from simprune.train.loop import Trainer
 
     reducer = {"method": method} if method == "dense" else {"method": method, "keep_rate": 0.7}

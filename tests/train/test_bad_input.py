@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_testkit import PY, TINY, cli_args, run_env, with_heads
 
-from simprune.train.config import make_config
+from simprune.config import make_config
 from simprune.train.loop import Trainer, TrainingError
 
 
@@ -101,7 +101,7 @@ def test_incompatible_checkpoint_is_refused(finished_run, data_root):
 def test_checkpoint_from_before_a_new_key_resumes_under_its_default():
     """A key added to simprune after a checkpoint was made counts as its default: the old run
     resumes unchanged, and setting the new key to anything else is refused."""
-    from simprune.train.config import incompatible, make_config
+    from simprune.config import incompatible, make_config
 
     saved = make_config().to_dict()
     del saved["teacher"]["momentum_end"]
@@ -113,7 +113,7 @@ def test_checkpoint_from_before_a_new_key_resumes_under_its_default():
 def test_checkpoint_config_from_before_sections_is_read_through_the_aliases():
     """A checkpoint made before the sectioned config (flat keys, every framework's keys) resumes:
     its keys are read through the flat aliases, the other framework's keys are dropped."""
-    from simprune.train.config import incompatible, make_config
+    from simprune.config import incompatible, make_config
 
     flat = {"framework": "mocov3", "method": "simprune", "keep_rate": 0.8, "window": "sliding",
             "moco_hidden": 64, "moco_dim": 32, "out_dim": 4096, "student_temp": 0.1,

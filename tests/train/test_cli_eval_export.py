@@ -9,8 +9,8 @@ import pytest
 import torch
 from train_testkit import PY, REPO, TINY, cli_args, run_env
 
+from simprune.checkpoint import load_checkpoint
 from simprune.models import create_model, load_weights
-from simprune.train.checkpoint import load_checkpoint
 
 
 def cli(args, env):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from train_testkit import TINY, kill_and_resume, losses
 
-from simprune.train.checkpoint import load_checkpoint
+from simprune.checkpoint import load_checkpoint
 
 
 def test_sigkill_then_resume_keeps_the_gates(data_root, tmp_path):

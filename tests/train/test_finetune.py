@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from simprune.train.config import make_config
+from simprune.config import make_config
 from simprune.train.finetune import INHERITED, finetune_config, run_config
 
 

@@ -13,8 +13,8 @@ import torch
 from train_testkit import TINY, with_heads
 
 from simprune.cli import main
+from simprune.config import make_config
 from simprune.data.split import held_out_rows
-from simprune.train.config import make_config
 from simprune.train.loop import Trainer, TrainingError
 
 

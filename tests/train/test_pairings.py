@@ -9,7 +9,7 @@ import pytest
 import torch
 from train_testkit import TINY, with_heads
 
-from simprune.train.config import make_config
+from simprune.config import make_config
 from simprune.train.loop import Trainer
 
 METHODS = ["dense", "simprune", "evit", "tome", "random"]

@@ -9,8 +9,8 @@ from itertools import takewhile
 import pytest
 from train_testkit import REPO
 
-from simprune.train.config import load_recipe, make_config
-from simprune.train.loop import check_config
+from simprune.config import load_recipe, make_config
+from simprune.run import check_config
 
 RECIPES = sorted((REPO / "configs").glob("*.toml"))
 

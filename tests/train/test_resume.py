@@ -34,7 +34,7 @@ def test_sigkill_then_resume_matches_uninterrupted(case, data_root, tmp_path):
     if case == "trilevel":  # the same rounds, subset, pool and statistics
         import torch
 
-        from simprune.train.checkpoint import load_checkpoint
+        from simprune.checkpoint import load_checkpoint
 
         a, b = (load_checkpoint(d / "checkpoint.pt")["sampler_filter"] for d in (ref, cut))
         assert a["rounds_done"] == b["rounds_done"] == 2 and a["history"] == b["history"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from train_testkit import TINY, with_heads
 
+from simprune.checkpoint import CheckpointError, atomic_save, load_checkpoint, newest_intact_copy
 from simprune.cli import main
-from simprune.train.checkpoint import CheckpointError, atomic_save, load_checkpoint, newest_intact_copy
-from simprune.train.config import RESUMABLE_CHANGES, incompatible, make_config
-from simprune.train.log import read_records
+from simprune.config import RESUMABLE_CHANGES, incompatible, make_config
+from simprune.records import read_records
 from simprune.train.loop import Trainer, TrainingError, check_config
 
 

@@ -11,9 +11,10 @@ import torch
 from train_testkit import PY, TINY, cli_args, run_env, with_heads
 
 from simprune.cli import build_parser, train_overrides
+from simprune.config import incompatible, make_config, planned_steps
 from simprune.data import ArrayDataset
 from simprune.models import create_model
-from simprune.train.config import incompatible, make_config, planned_steps, size_note
+from simprune.run import size_note
 from simprune.train.evaluate import evaluate
 from simprune.train.loop import Trainer, TrainingError, build_framework, check_config
 

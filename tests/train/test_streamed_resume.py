@@ -34,7 +34,7 @@ def test_a_streamed_run_with_two_workers_resumes_bitwise(kind, tmp_path, monkeyp
     assert max(losses(ref)) == 12
     assert losses(cut) == losses(ref)  # exact, every step
     if kind == "shards":
-        from simprune.train.checkpoint import load_checkpoint
+        from simprune.checkpoint import load_checkpoint
 
         pos = load_checkpoint(cut / "checkpoint.pt")["data_position"]
         assert pos["kind"] == "shards" and (pos["epoch"], pos["step_in_epoch"]) == divmod(12, 2)

@@ -29,8 +29,16 @@ TINY_HEADS: dict[str, dict[str, object]] = {
 
 
 def with_heads(cfg: dict[str, object]) -> dict[str, object]:
-    """``cfg`` plus the tiny head sizes of its framework (MoCo v3 by default), unless given."""
-    heads = TINY_HEADS.get(str(cfg.get("framework", "mocov3")), {})
+    """``cfg`` plus the tiny head sizes of its framework (MoCo v3 by default), unless given, and
+    without TINY's k-NN keys when the framework evaluates by its classifier (they would be an
+    error there: simprune.config.EVAL_KEYS)."""
+    from simprune.config import FRAMEWORKS
+    from simprune.config.base import EVAL_KEYS
+
+    framework = str(cfg.get("framework", "mocov3"))
+    heads = TINY_HEADS.get(framework, {})
+    if framework in FRAMEWORKS and FRAMEWORKS.get(framework).eval_protocol != "knn":
+        cfg = {k: v for k, v in cfg.items() if k not in EVAL_KEYS}
     return {**{k: v for k, v in heads.items() if k not in cfg}, **cfg}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from viz_testkit import TINY, random_image, save_run
 
-from simprune.train.config import make_config
-from simprune.train.loop import build_framework
+from simprune.config import make_config
+from simprune.run import build_framework
 from simprune.viz.runs import (
     config_for,
     framework_from_run,

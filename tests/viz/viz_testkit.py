@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from simprune.train.config import make_config
-from simprune.train.loop import build_framework
+from simprune.config import make_config
+from simprune.run import build_framework
 
 #: a tiny DINO on 32-px images (48-wide ViT/4, 64 patches, points at blocks 4/7/10)
 #: (flat aliases; only DINO's keys: another framework's section keys are errors)

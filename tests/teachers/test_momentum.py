@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from simprune.losses import ema_update_, momentum_at
+from simprune.teachers.momentum import ema_update_, momentum_at
 
 
 def _params(seed=0, dtype=torch.float64):

@@ -40,15 +40,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from simprune.config.toml import read_toml
+from simprune.registry import Registry
+
+#: Every training framework by name (``simprune.frameworks``; ``Framework`` subclasses). The
+#: registry lives here, below the frameworks, because the config reads what each framework declares
+#: about its keys (its section ``Config``, ``default_teacher``, ``eval_protocol``); the frameworks
+#: fill it when ``simprune.frameworks`` is imported, which reading it does first.
+FRAMEWORKS: Registry[Any] = Registry("framework", fill="simprune.frameworks")
 
 
 @dataclass
@@ -105,6 +108,14 @@ class TeacherConfig:
 
 #: which teacher keys apply to which kind
 TEACHER_KEYS = {"momentum": ("ema",), "momentum_end": ("ema",), "path": ("frozen",), "model": ("frozen",)}
+#: base keys of an evaluation protocol, which apply only to the frameworks whose ``eval_protocol``
+#: it is (``knn``: weighted k-NN and the linear probe on frozen features); ``knn_test``,
+#: ``knn_every`` and ``eval_at_end`` apply to every protocol (``classify`` counts its test images
+#: with ``knn_test``)
+EVAL_KEYS = {"knn_train": "knn", "knn_k": "knn", "knn_temperature": "knn", "linear_probe": "knn"}
+#: what each evaluation protocol is, for the messages
+EVAL_NAMES = {"knn": "k-NN and linear probe on frozen features",
+              "classify": "top-1/top-5 of its classifier on test_split"}
 
 
 @dataclass
@@ -118,9 +129,7 @@ class TrainConfig:
     embed_dim: int = 0  # width; 0: the model's
     depth: int = 0  # blocks; 0: the model's
     num_heads: int = 0  # attention heads (must divide embed_dim); 0: the model's
-    init: str = "deit"  # deit | moco: MoCo v3's Xavier init (simprune.models.init)
-    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3)
-    freeze_patch_embed: bool = False  # MoCo v3's frozen random patch projection
+    pos_embed: str = "learned"  # learned | sincos: fixed 2-D sine-cosine (MoCo v3, MAE, PCAE)
     # data
     dataset: str = "cifar10"
     data: str = ""  # folder; empty: $SIMPRUNE_DATA
@@ -156,7 +165,8 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_every: int = 0  # steps; also keep checkpoint_<step>.pt copies (for `simprune viz`); 0: none
     num_workers: int = -1  # loader worker processes; -1: one per free core (simprune.data.loader)
-    # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised)
+    # evaluation (the framework's protocol: k-NN for SSL, top-1 on the test split for supervised);
+    # knn_train, knn_k, knn_temperature and linear_probe apply only to the knn protocol (EVAL_KEYS)
     knn_every: float = 0.0  # epochs; 0: only at the end
     knn_train: int = 10000
     knn_test: int = 2000
@@ -186,6 +196,9 @@ class TrainConfig:
         for section in ("reducer", "teacher"):  # only the keys that apply
             out[section] = {k: v for k, v in out[section].items() if not _not_applicable(
                 f"{section}.{k}", self.framework, self.reducer.method, self.teacher.kind)}
+        for key in EVAL_KEYS:
+            if _not_applicable(key, self.framework, self.reducer.method, self.teacher.kind):
+                del out[key]
         return out
 
     def get(self, key: str) -> Any:
@@ -225,6 +238,34 @@ KEY_HELP = {
                    "(a large image folder, tar shards); 0: in the training process; -1 (default): "
                    "one per free core",
     "progress_bar": "tqdm bars for training, evaluation and dataset caching (false: log lines only)",
+    "framework": "the training framework (its section [<framework>] holds its own keys)",
+    "pos_embed": "position embedding: learned, or sincos (fixed 2-D sine-cosine: MoCo v3, MAE, PCAE)",
+    "global_scale": "random-resized-crop area range of the global views (fractions of the image)",
+    "time_limit": "minutes per sitting; stops with a checkpoint, schedules unchanged (0: none)",
+    "batch_size": "global batch (images per optimiser step), split over processes",
+    "lr": "base learning rate at batch 256 when lr_scale (lr * batch_size/256), else as given",
+    "lr_scale": "scale lr by batch_size/256 (DINO's rule)",
+    "min_lr": "learning rate at the end of the cosine schedule",
+    "warmup_frac": "share of training with a linear learning-rate warm-up",
+    "weight_decay": "AdamW weight decay at the start (weights only, not biases or norms)",
+    "weight_decay_end": "weight decay at the end (cosine from weight_decay)",
+    "clip_grad": "clip the gradient norm at this value (0: no clipping)",
+    "drop_path": "stochastic depth rate of the backbone",
+    "precision": "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)",
+    "seed": "seed of initialisation, data order, augmentation and masking",
+    "deterministic": "deterministic torch algorithms (slower; bitwise-repeatable runs)",
+    "device": "auto, cpu, cuda, cuda:<index> or mps",
+    "out": "run folder: checkpoint.pt, config.json, metrics.jsonl, results.json",
+    "log_every": "steps between log lines (and the non-finite-loss check)",
+    "ckpt_every": "steps between checkpoints",
+    "keep_every": "also keep checkpoint_<step>.pt copies every this many steps, for viz (0: none)",
+    "knn_every": "evaluate every this many epochs during training (0: only at the end)",
+    "knn_train": "k-NN bank and linear-probe training images (0: all)",
+    "knn_test": "test images evaluated, k-NN or top-1 (0: all)",
+    "knn_k": "neighbours of the weighted k-NN",
+    "knn_temperature": "temperature of the weighted k-NN's votes",
+    "eval_at_end": "evaluate when training ends",
+    "linear_probe": "also fit a linear probe on the frozen k-NN features at the end",
 }
 
 #: the keys that give a run's length; a recipe (and the command line) gives at most one
@@ -256,81 +297,6 @@ def model_overrides(cfg: TrainConfig) -> dict[str, int]:
     return out
 
 
-def backbone_reduce_at(cfg: TrainConfig) -> tuple[int, ...]:
-    """The backbone's reduction points: ``reducer.reduce_at``; a dense run (which reduces nothing)
-    keeps only the default points that exist in a shallower model."""
-    points = tuple(cfg.reducer.reduce_at)
-    if cfg.reducer.method == "dense":
-        from simprune.models import MODELS
-
-        depth = cfg.depth or (MODELS.get(cfg.model).depth if cfg.model in MODELS else 0)
-        points = tuple(b for b in points if b <= depth) if depth else points
-    return points
-
-
-def check_model(cfg: TrainConfig) -> Any:
-    """The ``ViTConfig`` the run builds (named model + sizes), after checking that the sizes fit
-    together; a ``ValueError`` names the keys, their values and what would be valid."""
-    from simprune.models import MODELS, model_config
-    from simprune.models.vit import check_reduce_at
-
-    preset = MODELS.get(cfg.model)  # unknown: lists the named models
-    for key in MODEL_SIZE_KEYS:
-        value = getattr(cfg, key)
-        if value < 0:
-            raise ValueError(f"{key} must be >= 1, or 0 for the model's ({getattr(preset, key)}), "
-                             f"got {value}")
-    if cfg.global_size < 1:
-        raise ValueError(f"global_size must be >= 1 (px), got {cfg.global_size}")
-    if cfg.load_size < 0:
-        raise ValueError(f"load_size must be >= 1 (px), or 0 for ceil(global_size * 256 / 224), "
-                         f"got {cfg.load_size}")
-    vc = model_config(cfg.model, **model_overrides(cfg))
-    p = vc.patch_size
-    whose = "" if cfg.patch_size else f" (model {cfg.model}'s)"
-    if cfg.global_size % p:
-        lo, hi = cfg.global_size // p * p, (cfg.global_size // p + 1) * p
-        raise ValueError(f"global_size {cfg.global_size} is not a multiple of patch_size {p}{whose}; "
-                         f"valid: multiples of {p}, e.g. {', '.join(str(v) for v in (lo, hi) if v)}, "
-                         "or another patch_size")
-    local = getattr(cfg.fw, "local_size", None)
-    if isinstance(local, int) and local > 0 and getattr(cfg.fw, "local_views", 1) and local % p:
-        raise ValueError(f"{cfg.framework}.local_size {local} is not a multiple of patch_size {p}"
-                         f"{whose}; valid: multiples of {p}")
-    if vc.embed_dim % vc.num_heads:
-        heads = [h for h in range(1, min(vc.embed_dim, 32) + 1) if vc.embed_dim % h == 0]
-        raise ValueError(f"embed_dim {vc.embed_dim} is not divisible by num_heads {vc.num_heads}; "
-                         f"valid num_heads: {', '.join(map(str, heads))}")
-    if cfg.reducer.method != "dense":
-        try:
-            check_reduce_at(cfg.reducer.reduce_at, vc.depth)
-        except ValueError as err:
-            raise ValueError(f"reducer.reduce_at {list(cfg.reducer.reduce_at)} does not fit depth "
-                             f"{vc.depth}: {err}") from err
-    return vc
-
-
-def size_note(cfg: TrainConfig) -> str | None:
-    """A line saying that the model sees another patch grid than its preset was made for
-    (``global_size`` differs from the named model's image size and no patch size is given), or
-    ``None``."""
-    from simprune.models import MODELS
-
-    if cfg.model not in MODELS or cfg.patch_size:
-        return None
-    preset = MODELS.get(cfg.model)
-    if cfg.global_size == preset.img_size or cfg.global_size % preset.patch_size:
-        return None
-    grid, made = cfg.global_size // preset.patch_size, preset.img_size // preset.patch_size
-    note = (f"model {cfg.model} is made for {preset.img_size}-px images ({made}x{made} = "
-            f"{made * made} tokens); at global_size {cfg.global_size} it sees {grid}x{grid} = "
-            f"{grid * grid} patch tokens of {preset.patch_size} px")
-    if cfg.global_size % made == 0:
-        want = cfg.global_size // made
-        note += f"; for {made * made} tokens set patch_size {want} (--patch-size {want})"
-    return note
-
-
 SECTION_CLASSES = {"reducer": ReducerConfig, "teacher": TeacherConfig}
 BASE_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("reducer", "teacher", "fw", "notes"))
 
@@ -344,8 +310,6 @@ RESUMABLE_CHANGES = frozenset({
 
 def framework_sections() -> dict[str, type]:
     """Every registered framework's section dataclass, by framework name."""
-    from simprune.frameworks import FRAMEWORKS
-
     return {name: FRAMEWORKS.get(name).Config for name in FRAMEWORKS.names()}
 
 
@@ -354,6 +318,8 @@ def aliases() -> dict[str, str]:
     out: dict[str, str] = {}
     for section, cls in {**SECTION_CLASSES, **framework_sections()}.items():
         prefix = getattr(cls, "alias_prefix", "")
+        for flat, leaf in getattr(cls, "flat_aliases", {}).items():
+            out[flat] = f"{section}.{leaf}"
         for f in fields(cls):
             flat = (prefix + f.name) if prefix else f.name
             if section == "reducer" and f.name == "options":
@@ -427,12 +393,26 @@ def _resolve(flat: dict[str, Any], framework: str, where: str) -> dict[str, Any]
             raise ValueError(f"{where}unknown key {leaf!r} in [{section}]; valid: {valid}")
         import difflib
 
+        table_name = k if isinstance(v, dict) else section  # a [table] or a dotted key's section
+        if table_name:
+            close = difflib.get_close_matches(table_name, list(sections), n=1)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            raise ValueError(f"{where}unknown section [{table_name}].{hint} Sections: "
+                             f"{', '.join('[' + s + ']' for s in sections)}")
+
         close = difflib.get_close_matches(k, [*BASE_KEYS, *table], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"{where}unknown config key {k!r}.{hint} Base keys: {', '.join(BASE_KEYS)}; "
                          f"sections: {', '.join('[' + s + ']' for s in sections)} "
                          "(`simprune train --help` lists every key)")
     return out
+
+
+def owns_flops_budget(method: str) -> bool:
+    """Whether reducer ``method`` takes ``reducer.flops_budget`` itself (no keep rate to solve)."""
+    from simprune.reducers import REDUCERS
+
+    return method in REDUCERS and bool(getattr(REDUCERS.get(method), "owns_flops_budget", False))
 
 
 def _is_pair(method: str) -> bool:
@@ -461,6 +441,13 @@ def _not_applicable(key: str, framework: str, method: str, teacher_kind: str) ->
     if section and section != framework:
         return (f"'{key}' belongs to section [{section}] (framework {section!r}), but framework is "
                 f"{framework!r}")
+    if not section and key in EVAL_KEYS:
+        protocol, own = EVAL_KEYS[key], FRAMEWORKS.get(framework).eval_protocol
+        if own != protocol:
+            users = [n for n in FRAMEWORKS.names() if FRAMEWORKS.get(n).eval_protocol == protocol]
+            return (f"'{key}' belongs to the {protocol} evaluation ({EVAL_NAMES.get(protocol, protocol)}"
+                    f"; frameworks {', '.join(users)}), but framework {framework!r} evaluates by "
+                    f"{own} ({EVAL_NAMES.get(own, own)})")
     return None
 
 
@@ -516,8 +503,6 @@ def _run_length_given(layer: dict[str, Any], where: str) -> list[str]:
 
 
 def _default_teacher(framework: str) -> str:
-    from simprune.frameworks import FRAMEWORKS
-
     return FRAMEWORKS.get(framework).default_teacher
 
 
@@ -530,8 +515,6 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
     framework, the method or the teacher kind, the recipe's keys that only applied to the old one
     are dropped and listed in ``notes``.
     """
-    from simprune.frameworks import FRAMEWORKS
-
     base_flat, over_flat = flatten(base or {}), flatten(overrides or {})
     framework = str(over_flat.get("framework", base_flat.get("framework", TrainConfig.framework)))
     FRAMEWORKS.get(framework)  # unknown framework: KeyError listing the known ones
@@ -577,14 +560,7 @@ def make_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a TOML recipe (base keys and section tables), checking its keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} not found")
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    data = read_toml(path, "recipe")
     _resolve(flatten(data), str(data.get("framework", TrainConfig.framework)), f"{path}: ")
     return data
 
@@ -593,24 +569,43 @@ def _flat_dict(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(d).items()}
 
 
+#: base keys that moved into a framework's section (their flat name is now that section's alias)
+MOVED_TO_SECTIONS = {"init": "mocov3.init", "freeze_patch_embed": "mocov3.freeze_patch_embed"}
+
+
+def _section_default(dotted: str) -> Any:
+    section, _, leaf = dotted.rpartition(".")
+    cls = {**SECTION_CLASSES, **framework_sections()}.get(section)
+    return getattr(cls(), leaf) if cls is not None else None
+
+
 def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config in today's nested form. Configs saved before sections existed (flat
-    keys, e.g. ``moco_hidden``) are read through the flat aliases; keys they predate get defaults."""
-    if "reducer" in saved and isinstance(saved["reducer"], dict):
-        return saved
+    """A checkpoint's (or a study cell's ``config.json``) config in today's nested form.
+
+    Configs saved before sections existed (flat keys, e.g. ``moco_hidden``) are read through the flat
+    aliases; keys they predate get defaults. Configs saved before a base key moved into a framework's
+    section (:data:`MOVED_TO_SECTIONS`: MoCo v3's ``init``, ``freeze_patch_embed``) have it moved
+    there; in another framework's run it is dropped when it holds the default (it was always
+    written), and kept otherwise, so that a setting today's config cannot express is an error, not
+    silently lost. Keys that never applied to the run (the k-NN keys of a classifier, which old
+    configs always held) are dropped."""
+    nested = "reducer" in saved and isinstance(saved["reducer"], dict)
     framework = saved.get("framework", TrainConfig.framework)
     table = aliases()
+    flat = flatten(saved) if nested else dict(saved)
     keep: dict[str, Any] = {}
-    method = saved.get("method", ReducerConfig.method)
-    for k, v in saved.items():
-        target = _alias_target(k, framework, table)
+    for k, v in flat.items():
+        target = k if k in BASE_KEYS or "." in k else _alias_target(k, framework, table)
         section = _section_of(target)
         if section and section not in ("reducer", "teacher", framework):
-            continue  # the other framework's keys, which the flat config always held
+            moved = k in MOVED_TO_SECTIONS and v != _section_default(target)
+            if not moved:
+                continue  # another framework's key, which old configs always held
         keep[target] = v
-    # old flat configs always held every key: keep only what applies, as a recipe would
-    kind = _default_teacher(framework)
-    keep = {k: v for k, v in keep.items() if not _not_applicable(k, framework, method, kind)}
+    method = str(keep.get("reducer.method", ReducerConfig.method))
+    kind = str(keep.get("teacher.kind", "") or _default_teacher(framework))
+    keep = {k: v for k, v in keep.items() if k in MOVED_TO_SECTIONS.values() and not k.startswith(framework)
+            or not _not_applicable(k, framework, method, kind)}
     return make_config(keep).to_dict()
 
 

@@ -1,4 +1,5 @@
-"""The teacher's exponential moving average of the student, and its cosine momentum schedule."""
+"""The teacher's exponential moving average of the student, and its cosine momentum schedule (a
+schedule and an in-place update, not a loss: it lives with the teachers that use it)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import torch
 import torch.distributed as tdist
 
 from simprune import dist
-from simprune.train.filters import ForgettingFilter
-from simprune.train.sampler import ResumableSampler
+from simprune.data.filters import ForgettingFilter
+from simprune.data.sampler import ResumableSampler
 
 
 def main(out: str) -> None:

@@ -1,6 +1,6 @@
-"""Sample filters (:class:`simprune.train.sampler.SampleFilter`): which examples an epoch trains on.
+"""Sample filters (:class:`simprune.data.sampler.SampleFilter`): which examples an epoch trains on.
 
-- :class:`~simprune.train.filters.forgetting.ForgettingFilter`: Tri-Level E-ViT's example level
+- :class:`~simprune.data.filters.forgetting.ForgettingFilter`: Tri-Level E-ViT's example level
   (a seeded random subset, forgetting statistics on the device, remove-and-restore rounds), and
   its random-refresh baseline on the same schedule.
 
@@ -9,6 +9,6 @@ A framework supplies its filter through its ``sample_filter(indices)`` hook (see
 checkpoint.
 """
 
-from simprune.train.filters.forgetting import ForgettingFilter, round_epochs
+from simprune.data.filters.forgetting import ForgettingFilter, round_epochs
 
 __all__ = ["ForgettingFilter", "round_epochs"]

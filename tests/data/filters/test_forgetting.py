@@ -1,4 +1,4 @@
-"""Tri-Level E-ViT's example level (``simprune.train.filters.forgetting``): forgetting counts against
+"""Tri-Level E-ViT's example level (``simprune.data.filters.forgetting``): forgetting counts against
 a loop, the remove-and-restore round, random refresh, its schedule, and its checkpointed state."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from simprune.train.filters import ForgettingFilter, round_epochs
-from simprune.train.filters.forgetting import stats_until
-from simprune.train.sampler import ResumableSampler
+from simprune.data.filters import ForgettingFilter, round_epochs
+from simprune.data.filters.forgetting import stats_until
+from simprune.data.sampler import ResumableSampler
 
 
 def make(n=40, keep=0.5, remove=0.1, rounds=(0.25, 0.5), seed=0, **kw) -> ForgettingFilter:
