@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from simprune.study.locks import pid_alive, release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
 from simprune.train.config import TrainConfig, incompatible
+from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 
 #: the log of every sitting (command, start, wall time, cells trained), in the out folder
 LOG_NAME = "study.json"
@@ -128,9 +130,19 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
         if is_finished(read_results(folder)):  # finished by the sitting we raced?
             release_lock(folder)
             return True
+    held = ExitStack()
     try:
+        held.enter_context(holding_run_folder(folder))  # a `simprune train` on this cell's folder
         trainer = train_loop.Trainer(cfg)
+    except FolderBusyError as err:
+        held.close()
+        if locking:
+            release_lock(folder)
+        counts["busy"] += 1
+        log(f"{head}: skipped: {err}")
+        return True
     except BaseException:
+        held.close()
         if locking:
             release_lock(folder)
         raise
@@ -149,6 +161,7 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
         return True
     finally:
         del trainer
+        held.close()
         if locking:
             release_lock(folder)
     counts[keys[0]] += 1

@@ -56,6 +56,7 @@ from simprune.train.config import (
     upgrade_saved,
 )
 from simprune.train.evaluate import EVAL_PROTOCOLS
+from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 from simprune.train.log import MetricsLog
 from simprune.train.log import Progress as ProgressBar
 from simprune.train.optim import cosine, lr_at, set_hparams
@@ -679,8 +680,12 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run ``cfg`` describes; returns the final results."""
-    trainer = Trainer(cfg)
     try:
-        return trainer.run()
-    finally:
-        dist.cleanup()
+        with holding_run_folder(cfg.out):  # one run per out folder (rank 0 holds it)
+            trainer = Trainer(cfg)
+            try:
+                return trainer.run()
+            finally:
+                dist.cleanup()
+    except FolderBusyError as err:
+        raise TrainingError(str(err)) from None
