@@ -41,6 +41,7 @@ from simprune.train.checkpoint import (
     atomic_save,
     kept_name,
     load_checkpoint,
+    load_resumable,
     newest_intact_copy,
     rng_state,
     set_rng_state,
@@ -56,6 +57,7 @@ from simprune.train.config import (
     upgrade_saved,
 )
 from simprune.train.evaluate import EVAL_PROTOCOLS
+from simprune.train.finite import any_nonfinite, state_tensors
 from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 from simprune.train.log import MetricsLog
 from simprune.train.log import Progress as ProgressBar
@@ -67,6 +69,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on (bad config, incompatible checkpoint, non-finite loss)."""
+
+
+class NonFiniteError(TrainingError):
+    """The loss or the weights became NaN or inf: running the same command again resumes from the
+    last good checkpoint and, with the same settings, meets the same fault."""
 
 
 def note(msg: str) -> None:
@@ -264,8 +271,8 @@ def check_out_dir(run_dir: Path) -> None:
 class Trainer:
     """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``.
 
-    A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC) is named with its fault; the
-    run resumes from the newest intact ``checkpoint_<step>.pt`` copy (``--keep-every``) when
+    A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC, or holding NaN or inf in its
+    weights or optimizer state) is named with its fault; the run resumes from the newest intact ``checkpoint_<step>.pt`` copy (``--keep-every``) when
     there is one, and says which; otherwise it stops and says how to start again.
     """
 
@@ -357,11 +364,11 @@ class Trainer:
         if not self.ckpt_path.exists():
             return None
         try:
-            return load_checkpoint(self.ckpt_path)
+            return load_resumable(self.ckpt_path)  # intact, and finite
         except CheckpointError as err:
             damaged = err
         try:
-            copy, saved, skipped = newest_intact_copy(self.run_dir)
+            copy, saved, skipped = newest_intact_copy(self.run_dir, load_resumable)
         except FileNotFoundError as err:
             older = "".join(f"; {e}" for e in getattr(err, "faults", []))
             raise TrainingError(
@@ -373,6 +380,7 @@ class Trainer:
             also = "".join(f"; skipped {e}" for e in skipped)
             note(f"{damaged}{also}; resuming from the newest intact copy, {copy} (step "
                  f"{saved['step']}). The damaged file is replaced at the next checkpoint.")
+        self._good_copy = copy  # the last good checkpoint until the next one is written
         return saved
 
     def state_dict(self) -> dict[str, Any]:
@@ -430,6 +438,7 @@ class Trainer:
         if dist.is_main():
             state = self.state_dict()
             atomic_save(state, self.ckpt_path)
+            self._good_copy = None
             if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
                 atomic_save(state, self.run_dir / kept_name(self.step))
         dist.barrier()
@@ -443,10 +452,9 @@ class Trainer:
         ``weights`` right before every checkpoint, so none is written from a broken state.
         """
         flags = [bad.float()]
-        if weights:
-            tensors = [t for t in self.framework.state_dict().values() if t.is_floating_point()]
-            flags.append(torch.stack([~torch.isfinite(t).all() for t in tensors]).any().float()
-                         if tensors else torch.zeros((), device=self.device))
+        if weights:  # and the optimizer's moments, which a checkpoint also carries
+            named = state_tensors(self.framework.state_dict(), self.opt.state_dict())
+            flags.append(any_nonfinite((t for _, t in named), self.device).float())
         flags_t = dist.all_reduce_mean(torch.stack([f.to(self.device) for f in flags]))
         loss_bad, weights_bad = (flags_t.tolist() + [0.0])[:2]
         if not (loss_bad > 0 or weights_bad > 0):
@@ -454,11 +462,13 @@ class Trainer:
         first = since + 1
         where = f"at step {self.step}" if first >= self.step else f"between steps {first} and {self.step}"
         what = ("the loss became NaN or inf " + where) if loss_bad > 0 else (
-            f"the weights became NaN or inf by step {self.step} (the losses were still finite)")
-        kept = (f"The last good checkpoint (step {last_good}) is kept at {self.ckpt_path}; no "
+            f"the weights or optimizer state became NaN or inf by step {self.step} (the losses "
+            "were still finite)")
+        good = getattr(self, "_good_copy", None) or self.ckpt_path
+        kept = (f"The last good checkpoint (step {last_good}) is kept at {good}; no "
                 "checkpoint was written from the broken state." if last_good is not None else
                 "No checkpoint had been written yet, so nothing was saved.")
-        raise TrainingError(f"{what}; stopped. {kept} Lower lr, raise clip_grad or use fp32/bf16.")
+        raise NonFiniteError(f"{what}; stopped. {kept} Lower lr, raise clip_grad or use fp32/bf16.")
 
     # --- one step --------------------------------------------------------------------------
     def batch_for(self, step: int) -> Batch:
