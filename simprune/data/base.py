@@ -17,6 +17,7 @@ __all__ = [
     "DataWarning",
     "ArrayDataset",
     "resolve_data_root",
+    "run_data_root",
     "default_cache_dir",
     "cache_limit_mb",
     "sha256_file",
@@ -70,6 +71,33 @@ def resolve_data_root(path: str | os.PathLike[str] | None) -> Path:
     root = root.expanduser()
     if not root.exists():
         raise DataNotFoundError(f"data folder {str(root)!r} (from {origin}) does not exist: {_HOW_TO}")
+    return root
+
+
+def run_data_root(given: str | None, remembered: str | None, run: str | os.PathLike[str]) -> Path:
+    """The data folder of an existing run (``simprune eval``): ``given`` (``--data``) if set, else
+    the folder the run trained on (``remembered``, saved with its config), else ``$SIMPRUNE_DATA``.
+
+    When the remembered folder is gone, ``$SIMPRUNE_DATA`` is used with a :class:`DataWarning`
+    saying so; without it, :class:`DataNotFoundError` names the folder and how to point elsewhere.
+    """
+    if given:
+        return resolve_data_root(given)
+    if not remembered:  # a run saved before runs remembered their folder
+        return resolve_data_root(None)
+    folder = Path(remembered).expanduser()
+    if folder.exists():
+        return folder
+    env = os.environ.get(DATA_ENV, "")
+    if not env:
+        raise DataNotFoundError(
+            f"the data folder {str(folder)!r} that {run} was trained on no longer exists; pass "
+            f"--data DIR or set {DATA_ENV}=DIR to point to where the data set is now")
+    import warnings
+
+    root = resolve_data_root(None)
+    warnings.warn(f"the data folder {str(folder)!r} that {run} was trained on no longer exists; "
+                  f"using ${DATA_ENV} ({root})", DataWarning, stacklevel=2)
     return root
 
 

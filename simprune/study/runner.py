@@ -157,7 +157,8 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
         if locking:
             release_lock(folder)
         raise
-    state = (f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
+    state = ("trained, to be evaluated" if trainer.step >= trainer.total_steps > 0
+             else f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
              else f"new, {trainer.total_steps} steps")
     log(f"{head} ({state})")
     error_file = folder / ERROR_NAME

@@ -56,7 +56,7 @@ from simprune.train.config import (
     size_note,
     upgrade_saved,
 )
-from simprune.train.evaluate import EVAL_PROTOCOLS
+from simprune.train.evaluate import EVAL_PROTOCOLS, check_knn_bank
 from simprune.train.finite import any_nonfinite, state_tensors
 from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 from simprune.train.log import MetricsLog
@@ -272,8 +272,9 @@ class Trainer:
     """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``.
 
     A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC, or holding NaN or inf in its
-    weights or optimizer state) is named with its fault; the run resumes from the newest intact ``checkpoint_<step>.pt`` copy (``--keep-every``) when
-    there is one, and says which; otherwise it stops and says how to start again.
+    weights or optimizer state) is named with its fault; the run resumes from the newest intact
+    ``checkpoint_<step>.pt`` copy (``--keep-every``) when there is one, and says which; otherwise
+    it stops and says how to start again.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -314,6 +315,8 @@ class Trainer:
             raise TrainingError(
                 f"train_subset {cfg.train_subset} is larger than the {len(self.train_set)} images of "
                 f"{cfg.dataset}'s training split{part}; valid: 1 to {len(self.train_set)}, or 0 for all")
+        if cfg.eval_at_end or cfg.knn_every > 0:  # the bank's size is known now, not at the end
+            check_knn_bank(cfg, len(self.bank_set), FRAMEWORKS.get(cfg.framework).eval_protocol)
         # the test split is read (and its classes checked against the training split's) before
         # the first step, so a bad split stops the run before it trains, not after
         self.test_set = (load_split(cfg, root, cfg.test_split)
@@ -383,8 +386,13 @@ class Trainer:
         self._good_copy = copy  # the last good checkpoint until the next one is written
         return saved
 
+    def saved_config(self) -> dict[str, Any]:
+        """The config as the run saves it: ``data`` is the folder it reads (also when that came
+        from ``$SIMPRUNE_DATA``), so that ``simprune eval`` finds it without being told."""
+        return {**self.cfg.to_dict(), "data": str(self.root.absolute())}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "framework": self.framework.state_dict(),
+        return {"config": self.saved_config(), "framework": self.framework.state_dict(),
                 "eval_branch": self.framework.eval_branch,
                 "sampler_filter": self.filter.state_dict() if self.filter is not None else None,
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
@@ -409,7 +417,7 @@ class Trainer:
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.eval_results = saved.get("eval", [])
         set_rng_state(saved["rng"])
-        if dist.is_main():
+        if dist.is_main() and self.step < self.total_steps:  # a trained run: run() says what it does
             print(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}", flush=True)
 
     def _save_on_interrupt(self, bad: torch.Tensor, checked: int, last_good: int | None) -> None:
@@ -556,9 +564,12 @@ class Trainer:
         done = self._already_finished()
         if done is not None:
             return done
+        if main and self.step >= self.total_steps > 0 and cfg.eval_at_end:
+            print(f"{self.run_dir} has trained all {self.total_steps} steps; evaluating it",
+                  flush=True)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.saved_config(), indent=2))
             sizes = size_note(cfg)
             if sizes:
                 note(sizes)
@@ -658,7 +669,9 @@ class Trainer:
             print(f"{self.run_dir} is already finished (step {self.step}/{self.total_steps}; results "
                   f"in {path}); nothing was trained or evaluated. To evaluate it again, with other "
                   f"settings if you like: simprune eval --ckpt {self.run_dir} [--knn-k K] "
-                  "[--knn-train N] [--knn-test N] [--linear]", flush=True)
+                  "[--knn-train N] [--knn-test N] [--linear]. To train longer, start a new run "
+                  "with more epochs (or steps) in another --out: a run's schedules are set by its "
+                  "length, so a finished run is not extended.", flush=True)
         return {**res, "already_finished": True}
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
