@@ -61,7 +61,7 @@ from simprune.train.finite import any_nonfinite, state_tensors
 from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 from simprune.train.log import MetricsLog
 from simprune.train.log import Progress as ProgressBar
-from simprune.train.optim import cosine, lr_at, set_hparams
+from simprune.train.optim import check_optim_settings, cosine, lr_at, set_hparams
 from simprune.train.sampler import ResumableSampler
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -184,6 +184,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     check_init_options(cfg.init, cfg.pos_embed)
+    check_optim_settings(cfg)
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
     for key in ("steps", "images_seen"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,19 @@ def lr_at(t: float, base: float, min_lr: float, warmup: float) -> float:
     if warmup > 0 and t < warmup:
         return base * t / warmup
     return cosine(base, min_lr, (t - warmup) / max(1e-12, 1.0 - warmup))
+
+
+def check_optim_settings(cfg: Any) -> None:
+    """The optimiser's keys, before the first step: one line naming the key and its valid range
+    (torch's own check names no key: "Invalid learning rate: -1")."""
+    for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            what = " (0: no clipping)" if key == "clip_grad" else ""
+            raise ValueError(f"{key} must be a finite number >= 0{what}, got {value}")
+    if not 0.0 <= cfg.warmup_frac < 1.0:
+        raise ValueError(f"warmup_frac must be in [0, 1) (the part of training spent warming up), "
+                         f"got {cfg.warmup_frac}")
 
 
 def set_hparams(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
