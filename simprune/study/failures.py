@@ -36,7 +36,8 @@ def read_error(folder: Path) -> dict[str, Any] | None:
 def failure_line(rec: dict[str, Any], folder: Path) -> str:
     """One line for a failed run: the cell, the step, its error and what to do."""
     head = rec.get("cell") or str(folder)
-    what = f"{head} failed at step {rec.get('step', '?')}: {rec.get('error', '?')}"
+    error = str(rec.get("error", "?")).rstrip()
+    what = f"{head} failed at step {rec.get('step', '?')}: {error}" + ("" if error.endswith(".") else ".")
     if rec.get("deterministic", True):
         return (f"{what} Rerunning will not help: with the same settings the run resumes from its "
                 "last good checkpoint and fails the same way; change the cell's settings (e.g. "

@@ -307,9 +307,9 @@ def run_study(args: argparse.Namespace) -> int:
     for cell in study.cells:
         check_cell_config(cell)
     command = command_line(args)
+    counts: dict[str, float] = {}
     if not args.report_only:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        counts: dict[str, float] = {}
         entry = {"command": command, "started": started, "seeds": study.seeds,
                  "cells": len(study.cells), "state": "running",
                  "id": f"{started}/{socket.gethostname()}/{os.getpid()}"}
