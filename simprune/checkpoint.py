@@ -7,6 +7,7 @@ Reading one checks it first: an empty, truncated or damaged file (a zip member f
 or a file that is not a simprune checkpoint raises :class:`CheckpointError`, naming the file and
 what is wrong, never a bare ``torch.load`` traceback. :func:`newest_intact_copy` finds the newest
 readable ``checkpoint_<step>.pt`` copy (``--keep-every``) to resume from instead.
+:func:`load_resumable` also refuses a checkpoint whose weights or optimizer state hold NaN or inf.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import random
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from simprune.atomic import atomic_write
+from simprune.finite import describe_nonfinite, nonfinite_names, state_tensors
 
 CKPT_NAME = "checkpoint.pt"
 #: the copies ``--keep-every`` keeps: ``checkpoint_<step, 7 digits>.pt``
@@ -94,6 +97,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def load_resumable(path: str | Path) -> dict[str, Any]:
+    """:func:`load_checkpoint`, and its weights and optimizer state checked for NaN and inf: a
+    checkpoint holding any raises :class:`CheckpointError` naming them, as a damaged file does,
+    so that a run never resumes from it silently."""
+    obj = load_checkpoint(path)
+    framework = obj["framework"] if isinstance(obj.get("framework"), dict) else {}
+    optimizer = obj.get("optimizer") if isinstance(obj.get("optimizer"), dict) else None
+    bad = nonfinite_names(state_tensors(framework, optimizer))
+    if bad:
+        raise CheckpointError(path, f"holds NaN or inf values (step {obj['step']}; in "
+                                    f"{describe_nonfinite(bad)}): it cannot be resumed from")
+    return obj
+
+
 def kept_copies(run_dir: str | Path) -> list[tuple[int, Path]]:
     """``(step, path)`` of the ``checkpoint_<step>.pt`` copies in ``run_dir``, newest first."""
     found = []
@@ -104,8 +121,10 @@ def kept_copies(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def newest_intact_copy(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[CheckpointError]]:
-    """The newest readable ``checkpoint_<step>.pt`` in ``run_dir``, its contents, and the faults
+def newest_intact_copy(run_dir: str | Path, load: Callable[[Path], dict[str, Any]] = load_checkpoint,
+                       ) -> tuple[Path, dict[str, Any], list[CheckpointError]]:
+    """The newest ``checkpoint_<step>.pt`` in ``run_dir`` that ``load`` reads without a
+    :class:`CheckpointError` (:func:`load_resumable`: also finite), its contents, and the faults
     of the newer copies that were skipped.
 
     Raises ``FileNotFoundError`` when no copy is readable (the faults are in ``err.faults``).
@@ -113,7 +132,7 @@ def newest_intact_copy(run_dir: str | Path) -> tuple[Path, dict[str, Any], list[
     faults: list[CheckpointError] = []
     for _, p in kept_copies(run_dir):
         try:
-            return p, load_checkpoint(p), faults
+            return p, load(p), faults
         except CheckpointError as err:
             faults.append(err)
     err = FileNotFoundError(f"no intact checkpoint_<step>.pt copy in {run_dir}")

@@ -118,7 +118,8 @@ EVAL_OVERRIDES = (
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="run folder or checkpoint.pt")
-    p.add_argument("--data", default=None, help="data folder (default: the run's, or $SIMPRUNE_DATA)")
+    p.add_argument("--data", default=None, help="data folder (default: the one the run trained on; "
+                   "$SIMPRUNE_DATA if that one is gone)")
     for key, kind, text in EVAL_OVERRIDES:
         p.add_argument(_flag(key), dest=key, type=kind, default=None,
                        help=f"{text} (default: the run's)" if key != "device" else text)
@@ -131,10 +132,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from simprune.data import resolve_data_root
+    from simprune.data import run_data_root
     from simprune.data.split import split_training_set
     from simprune.run import check_device, check_eval_settings, data_info, load_run, load_split
-    from simprune.train.evaluate import EVAL_PROTOCOLS
+    from simprune.train.evaluate import EVAL_PROTOCOLS, check_knn_bank
 
     check_device(args.device or "auto")
     cfg, fw, saved = load_run(args.ckpt)
@@ -143,9 +144,10 @@ def run_eval(args: argparse.Namespace) -> int:
             setattr(cfg, key, getattr(args, key))
     cfg.linear_probe = bool(args.linear)
     check_eval_settings(cfg)
-    root = resolve_data_root(args.data or cfg.data or None)
+    root = run_data_root(args.data, cfg.data, args.ckpt)
     train_set = load_split(cfg, root, "train")
     _, bank_set = split_training_set(train_set, cfg.held_out, cfg.train_on)  # k-NN bank, probe
+    check_knn_bank(cfg, len(bank_set), fw.eval_protocol)
     test_set = load_split(cfg, root, cfg.test_split)
     if args.device in (None, "auto"):
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

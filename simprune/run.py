@@ -14,6 +14,7 @@ of ``train/``, ``bench/``, ``viz/`` or ``study/``.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision {cfg.precision!r}; valid: {', '.join(PRECISIONS)}")
     check_init_options(getattr(cfg.fw, "init", "deit"), cfg.pos_embed)
+    check_optim_settings(cfg)
     if cfg.epochs < 0 or cfg.batch_size < 1:
         raise ValueError(f"epochs must be >= 0 and batch_size >= 1, got {cfg.epochs}, {cfg.batch_size}")
     for key in ("steps", "images_seen"):
@@ -247,6 +249,19 @@ def build_optimizer(cfg: TrainConfig, framework: Framework) -> torch.optim.Optim
     """AdamW over the framework's parameter groups (weight decay on weights only) at the config's
     base learning rate and weight decay; the trainer sets both per step (:func:`set_hparams`)."""
     return torch.optim.AdamW(framework.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def check_optim_settings(cfg: TrainConfig) -> None:
+    """The optimiser's keys, before the first step: one line naming the key and its valid range
+    (torch's own check names no key: "Invalid learning rate: -1")."""
+    for key in ("lr", "min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            what = " (0: no clipping)" if key == "clip_grad" else ""
+            raise ValueError(f"{key} must be a finite number >= 0{what}, got {value}")
+    if not 0.0 <= cfg.warmup_frac < 1.0:
+        raise ValueError(f"warmup_frac must be in [0, 1) (the part of training spent warming up), "
+                         f"got {cfg.warmup_frac}")
 
 
 def set_hparams(opt: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:

@@ -208,7 +208,7 @@ ALLOWED: dict[str, set[str]] = {
 #: which :func:`test_helpers_are_leaves` checks. ARCHITECTURE.md lists only ``dist.py``; the
 #: registry, atomic writes, signal handling, the seeded subset draw, the checkpoint file format and
 #: the reading of a run's metrics.jsonl are the same kind of plumbing.
-HELPERS = {"registry", "atomic", "interrupt", "dist", "subset", "checkpoint", "records"}
+HELPERS = {"registry", "atomic", "interrupt", "dist", "subset", "checkpoint", "records", "finite"}
 #: What may never be imported, whatever the table says (ARCHITECTURE.md's "Never" line).
 NEVER: dict[str, set[str]] = {
     "reducers": {"frameworks", "train", "run"},

@@ -18,6 +18,7 @@ from .base import (
     WrongArchiveError,
     default_cache_dir,
     resolve_data_root,
+    run_data_root,
 )
 from .datasets import DATASETS, dataset_names, load_dataset
 from .folder import ImageFolderDataset
@@ -44,4 +45,5 @@ __all__ = [
     "load_dataset",
     "moco_v3_augment",
     "resolve_data_root",
+    "run_data_root",
 ]

@@ -17,6 +17,8 @@ __all__ = [
     "DataWarning",
     "ArrayDataset",
     "resolve_data_root",
+    "run_data_root",
+    "warn_cache_unwritable",
     "default_cache_dir",
     "cache_limit_mb",
     "sha256_file",
@@ -70,7 +72,71 @@ def resolve_data_root(path: str | os.PathLike[str] | None) -> Path:
     root = root.expanduser()
     if not root.exists():
         raise DataNotFoundError(f"data folder {str(root)!r} (from {origin}) does not exist: {_HOW_TO}")
+    check_readable(root, origin)
     return root
+
+
+def check_readable(root: Path, origin: str = "--data") -> None:
+    """``root`` can be listed (a folder) or read (a file); else a ``PermissionError`` naming
+    ``root`` itself, not a file inside it that a loader would then report missing."""
+    try:
+        if root.is_dir():
+            with os.scandir(root) as entries:
+                next(entries, None)
+        else:
+            with open(root, "rb"):
+                pass
+    except PermissionError as err:
+        raise PermissionError(err.errno, f"the data folder (from {origin}) cannot be read "
+                                         f"({err.strerror})", str(root)) from err
+
+
+def run_data_root(given: str | None, remembered: str | None, run: str | os.PathLike[str]) -> Path:
+    """The data folder of an existing run (``simprune eval``): ``given`` (``--data``) if set, else
+    the folder the run trained on (``remembered``, saved with its config), else ``$SIMPRUNE_DATA``.
+
+    When the remembered folder is gone, ``$SIMPRUNE_DATA`` is used with a :class:`DataWarning`
+    saying so; without it, :class:`DataNotFoundError` names the folder and how to point elsewhere.
+    """
+    if given:
+        return resolve_data_root(given)
+    if not remembered:  # a run saved before runs remembered their folder
+        return resolve_data_root(None)
+    folder = Path(remembered).expanduser()
+    if folder.exists():
+        check_readable(folder, f"the config of {run}")
+        return folder
+    env = os.environ.get(DATA_ENV, "")
+    if not env:
+        raise DataNotFoundError(
+            f"the data folder {str(folder)!r} that {run} was trained on no longer exists; pass "
+            f"--data DIR or set {DATA_ENV}=DIR to point to where the data set is now")
+    import warnings
+
+    root = resolve_data_root(None)
+    warnings.warn(f"the data folder {str(folder)!r} that {run} was trained on no longer exists; "
+                  f"using ${DATA_ENV} ({root})", DataWarning, stacklevel=2)
+    return root
+
+
+#: cache folders a write already failed in (one warning each per process)
+_UNWRITABLE_CACHES: set[str] = set()
+
+
+def warn_cache_unwritable(path: Path, err: OSError, then: str) -> None:
+    """A :class:`DataWarning` (``simprune: warning: ...`` on the command line) that the cache file
+    ``path`` could not be written, once per cache folder and process: the train and test splits
+    of one run fail for the same reason."""
+    import warnings
+
+    folder = str(Path(path).parent)
+    if folder in _UNWRITABLE_CACHES:
+        return
+    _UNWRITABLE_CACHES.add(folder)
+    why = err.strerror or str(err)
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
+    warnings.warn(f"could not write the cache {path}: {why}{where}; {then}. Set {CACHE_ENV} to a "
+                  "writable folder to keep it", DataWarning, stacklevel=3)
 
 
 def default_cache_dir() -> Path:

@@ -51,6 +51,7 @@ from .base import (
     WrongArchiveError,
     default_cache_dir,
     sha256_file,
+    warn_cache_unwritable,
 )
 
 __all__ = [
@@ -204,15 +205,23 @@ def load_jpeg_archive_cached(
             return _read_cache(cache, digest, split)
         except Exception as e:  # stale, truncated or foreign file: rebuild it
             log.warning("rebuilding CIFAR-10 cache %s: %s", cache, e)
-    log.info("decoding %s once (about 15 s); cache: %s", archive, cache)
-    decoded = decode_jpeg_archive(archive)
+    decoded = _UNCACHED.get(digest)  # decoded earlier in this process, when no cache was written
+    if decoded is None:
+        log.info("decoding %s once (about 15 s); cache: %s", archive, cache)
+        decoded = decode_jpeg_archive(archive)
+        try:
+            _write_cache(cache, digest, decoded)
+        except OSError as e:
+            warn_cache_unwritable(cache, e, "the archive is decoded again by every run")
+            _UNCACHED.clear()  # keep one archive: the other split of the same run needs it
+            _UNCACHED[digest] = decoded
     if split not in decoded:
         raise ValueError(f"{archive}: no split {split!r}; found {sorted(decoded)}")
-    try:
-        _write_cache(cache, digest, decoded)
-    except OSError as e:
-        log.warning("could not write the cache %s (%s); the archive will be decoded again", cache, e)
     return decoded[split]
+
+
+#: the last archive decoded in this process whose cache could not be written, by sha256
+_UNCACHED: dict[str, dict] = {}
 
 
 # --------------------------------------------------------------------------- pickled batches

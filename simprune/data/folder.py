@@ -48,7 +48,14 @@ from torch.utils.data import Dataset
 
 from simprune.atomic import atomic_write
 
-from .base import CorruptImageError, DataNotFoundError, DataWarning, cache_limit_mb, default_cache_dir
+from .base import (
+    CorruptImageError,
+    DataNotFoundError,
+    DataWarning,
+    cache_limit_mb,
+    default_cache_dir,
+    warn_cache_unwritable,
+)
 from .crops import CropSpec, cut_crops
 
 __all__ = [
@@ -310,8 +317,7 @@ def cache_folder(ds: ImageFolderDataset, cache_dir: Path, limit_mb: int, progres
             if old != path:  # the same folder and size, an older listing
                 old.unlink(missing_ok=True)
     except OSError as e:
-        log.warning("could not write the image folder cache %s (%s); it is decoded again next time",
-                    path, e)
+        warn_cache_unwritable(path, e, "the images are decoded again by every run")
     ds.images = images
     return True
 

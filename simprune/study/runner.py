@@ -2,8 +2,10 @@
 ``<out>/study.json``, then write the report.
 
 A cell whose training fails (:class:`~simprune.train.loop.TrainingError`, e.g. a NaN loss) is
-recorded in ``<cell>/study_error.json`` and the grid goes on; a cell made with other settings than
-the study's is refused before anything is trained. Only rank 0 (or a process outside
+recorded in ``<cell>/study_error.json`` and the grid goes on; the sitting then names every failed
+run on stderr and exits 1 (:mod:`simprune.study.failures`). A cell whose run cannot start (a
+setting that cannot work) stops the sitting with one line naming the cell; a cell made with other
+settings than the study's is refused before anything is trained. Only rank 0 (or a process outside
 ``torchrun``) prints and writes the study's own files.
 """
 
@@ -13,7 +15,9 @@ import argparse
 import json
 import os
 import socket
+import sys
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,9 +26,11 @@ from typing import Any
 from simprune.atomic import atomic_write_text
 from simprune.config import TrainConfig, incompatible
 from simprune.study.args import PHASES, command_line
+from simprune.study.failures import FAILED_EXIT, error_record, failed_runs, failure_line
 from simprune.study.locks import pid_alive, release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
+from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 
 #: the log of every sitting (command, start, wall time, cells trained), in the out folder
 LOG_NAME = "study.json"
@@ -128,13 +134,31 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
         if is_finished(read_results(folder)):  # finished by the sitting we raced?
             release_lock(folder)
             return True
+    held = ExitStack()
     try:
+        held.enter_context(holding_run_folder(folder))  # a `simprune train` on this cell's folder
         trainer = train_loop.Trainer(cfg)
+    except FolderBusyError as err:
+        held.close()
+        if locking:
+            release_lock(folder)
+        counts["busy"] += 1
+        log(f"{head}: skipped: {err}")
+        return True
+    except (ValueError, FileNotFoundError, train_loop.TrainingError) as err:  # before any step
+        held.close()
+        if locking:
+            release_lock(folder)
+        raise train_loop.TrainingError(
+            f"{head}: {err} (nothing was trained; running the same command again fails the same "
+            "way until this is fixed)") from err
     except BaseException:
+        held.close()
         if locking:
             release_lock(folder)
         raise
-    state = (f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
+    state = ("trained, to be evaluated" if trainer.step >= trainer.total_steps > 0
+             else f"resumed at step {trainer.step}/{trainer.total_steps}" if trainer.step
              else f"new, {trainer.total_steps} steps")
     log(f"{head} ({state})")
     error_file = folder / ERROR_NAME
@@ -145,10 +169,12 @@ def _run_one(folder: Path, cfg: TrainConfig, head: str, counts: dict[str, float]
         log(f"{head} failed: {err}")
         if is_main():
             error_file.parent.mkdir(parents=True, exist_ok=True)
-            error_file.write_text(json.dumps({"error": str(err), "step": trainer.step}, indent=2))
+            rec = error_record(err, trainer.step, head, isinstance(err, train_loop.NonFiniteError))
+            error_file.write_text(json.dumps(rec, indent=2))
         return True
     finally:
         del trainer
+        held.close()
         if locking:
             release_lock(folder)
     counts[keys[0]] += 1
@@ -264,7 +290,9 @@ def dry_run(study: Study, log=None) -> None:
 
 def run_study(args: argparse.Namespace) -> int:
     """``simprune study``: train the grid (resuming), then write the report. User errors raise
-    ``ValueError``/``FileNotFoundError`` (the CLI prints them); returns 0."""
+    ``ValueError``/``FileNotFoundError`` (the CLI prints them); returns 0, or
+    :data:`~simprune.study.failures.FAILED_EXIT` when a run failed in this sitting (each failed
+    run named on stderr with its error and whether rerunning can help)."""
     # The report (FLOPs model, matplotlib) loads here, not at import: `simprune --help` stays light.
     from simprune.study.report import write_report
 
@@ -279,9 +307,9 @@ def run_study(args: argparse.Namespace) -> int:
     for cell in study.cells:
         check_cell_config(cell)
     command = command_line(args)
+    counts: dict[str, float] = {}
     if not args.report_only:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        counts: dict[str, float] = {}
         entry = {"command": command, "started": started, "seeds": study.seeds,
                  "cells": len(study.cells), "state": "running",
                  "id": f"{started}/{socket.gethostname()}/{os.getpid()}"}
@@ -298,7 +326,8 @@ def run_study(args: argparse.Namespace) -> int:
         finally:
             if is_main():
                 entry.update(state=state, wall_seconds=counts.get("seconds", None),
-                             cells_trained=counts.get("trained"), cells_finished=counts.get("finished"))
+                             cells_trained=counts.get("trained"), cells_finished=counts.get("finished"),
+                             cells_failed=counts.get("failed"))
                 if any(c.finetune is not None for c in study.cells):
                     entry.update(phase=args.phase, finetunes_run=counts.get("finetuned"),
                                  finetunes_finished=counts.get("finetuned_finished"))
@@ -312,14 +341,31 @@ def run_study(args: argparse.Namespace) -> int:
     done = sum(r.seeds_finished for r in rows)
     print(f"\n{table}\n\n{done}/{len(study.cells)} cells finished; report: {study.out / 'results.md'}, "
           f"results.csv, cells.csv, tradeoff.png", flush=True)
+    failed = report_failures(study) if counts.get("failed") else []
     if done < len(study.cells) and not args.report_only:
         busy = int(counts.get("busy", 0))
+        others = "the other " if failed else "the "
         if busy:
             print(f"{busy} cells are being trained by another sitting; when it ends, "
                   "run the same command again (or add --report-only) for the full table", flush=True)
-        else:
-            print("run the same command again to continue the unfinished cells", flush=True)
-    return 0
+        elif done + len(failed) < len(study.cells) or any(not r.get("deterministic", True)
+                                                          for _, r in failed):
+            print(f"run the same command again to continue {others}unfinished cells", flush=True)
+    return FAILED_EXIT if failed else 0
+
+
+def report_failures(study: Study) -> list[tuple[Path, dict[str, Any]]]:
+    """Print one ``simprune: error:`` line per failed run of the study (training or fine-tuning),
+    then how many; returns them."""
+    folders = [c.folder for c in study.cells]
+    folders += [Path(c.finetune.out) for c in study.cells if c.finetune is not None]
+    failed = [(f, r) for f, r in failed_runs(folders) if not is_finished(read_results(f))]
+    for folder, rec in failed:
+        print(f"simprune: error: {failure_line(rec, folder)}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"simprune: error: {len(failed)} run(s) of the study failed (study_error.json in "
+              f"each folder); exit status {FAILED_EXIT}", file=sys.stderr, flush=True)
+    return failed
 
 
 __all__ = ["LOG_NAME", "PHASES", "check_cell_config", "check_folder_config", "dry_run", "read_log",

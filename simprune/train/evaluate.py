@@ -84,7 +84,7 @@ def evaluate(backbone: VisionTransformer, train_set: Any, test_set: Any, dataset
                               features=features)
     acc = knn_accuracy(tr_f, tr_y, te_f, te_y, num_classes, k=k, temperature=temperature)
     out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"], "knn_train": len(tr_idx),
-           "knn_test": len(te_idx)}
+           "knn_test": len(te_idx), "knn_k": min(k, len(tr_idx))}  # the k that voted
     if linear:
         lin = linear_probe(tr_f, tr_y, te_f, te_y, num_classes, seed=seed, progress=progress)
         out["linear_top1"] = lin["top1"]
@@ -106,7 +106,7 @@ def knn_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, data: 
     res = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}
     what = "patch mean" if framework.eval_pool == "mean" else "CLS"
     res["summary"] = (f"k-NN top-1 {res['knn_top1']:.2f}%  top-5 {res['knn_top5']:.2f}%  ({branch} {what}, "
-                      f"k={cfg.knn_k}, bank {res['knn_train']}, test {res['knn_test']})"
+                      f"k={res['knn_k']}, bank {res['knn_train']}, test {res['knn_test']})"
                       + (f"  linear top-1 {res['linear_top1']:.2f}%" if "linear_top1" in res else ""))
     return res
 
@@ -137,6 +137,24 @@ def classify_protocol(framework: Any, train_set: Any, test_set: Any, cfg: Any, d
                            "test": n}
     res["summary"] = f"test top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  ({n} images)"
     return res
+
+
+def knn_bank_size(n_images: int, knn_train: int) -> int:
+    """Images in the k-NN bank: ``knn_train`` of the ``n_images`` labelled ones (0: all)."""
+    return min(knn_train, n_images) if knn_train > 0 else n_images
+
+
+def check_knn_bank(cfg: Any, n_images: int, protocol: str) -> None:
+    """Refuse a ``knn_k`` the bank cannot serve, before the first step (or before ``simprune
+    eval`` extracts a feature): one line naming ``knn_k``, the bank's size and the valid range."""
+    if protocol != "knn":
+        return
+    bank = knn_bank_size(n_images, cfg.knn_train)
+    if cfg.knn_k > bank:
+        drawn = (f"knn_train {cfg.knn_train} of {n_images} labelled images" if 0 < cfg.knn_train < n_images
+                 else f"all {n_images} labelled images")
+        raise ValueError(f"knn_k {cfg.knn_k} is larger than the k-NN bank of {bank} images ({drawn}); "
+                         f"valid: 1 to {bank}" + (", or raise knn_train" if bank < n_images else ""))
 
 
 #: evaluation protocol name -> function(framework, train_set, test_set, cfg, data, device, final)

@@ -48,6 +48,11 @@ def finetune_config(pretrained: Mapping[str, Any], init_from: str | Path,
     base = {k: pretrained[k] for k in INHERITED if k in pretrained}
     base.update(recipe or {})
     over = dict(overrides or {})
+    if base.get("data") and not over.get("data") and not Path(base["data"]).expanduser().exists():
+        # the folder the run trained on has moved: $SIMPRUNE_DATA (said), or one line saying so
+        from simprune.data import run_data_root
+
+        base["data"] = str(run_data_root(None, base["data"], init_from))
     over["framework"] = "supervised"
     over["supervised.init_from"] = str(init_from)
     if branch:

@@ -29,7 +29,7 @@ from simprune.checkpoint import (
     CheckpointError,
     atomic_save,
     kept_name,
-    load_checkpoint,
+    load_resumable,
     newest_intact_copy,
     rng_state,
     set_rng_state,
@@ -47,6 +47,7 @@ from simprune.data.sampler import ResumableSampler
 from simprune.data.shards import shard_sampler
 from simprune.data.split import split_training_set
 from simprune.eval.features import random_subset
+from simprune.finite import any_nonfinite, state_tensors
 from simprune.frameworks import FRAMEWORKS, Batch, Progress
 from simprune.interrupt import interrupts_deferred
 
@@ -66,13 +67,19 @@ from simprune.run import (  # noqa: F401
     set_hparams,
     size_note,
 )
-from simprune.train.evaluate import EVAL_PROTOCOLS
+from simprune.train.evaluate import EVAL_PROTOCOLS, check_knn_bank
+from simprune.train.folder_lock import FolderBusyError, holding_run_folder
 from simprune.train.log import MetricsLog, ProgressBar
 from simprune.train.optim import cosine, lr_at
 
 
 class TrainingError(RuntimeError):
     """A run that cannot start or go on (bad config, incompatible checkpoint, non-finite loss)."""
+
+
+class NonFiniteError(TrainingError):
+    """The loss or the weights became NaN or inf: running the same command again resumes from the
+    last good checkpoint and, with the same settings, meets the same fault."""
 
 
 def plan_line(cfg: TrainConfig, total_steps: int, steps_per_epoch: int, n_images: int) -> str:
@@ -130,9 +137,10 @@ def check_protocol(cfg: TrainConfig) -> None:
 class Trainer:
     """One run in ``cfg.out``: resumes automatically from ``cfg.out/checkpoint.pt``.
 
-    A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC) is named with its fault; the
-    run resumes from the newest intact ``checkpoint_<step>.pt`` copy (``--keep-every``) when
-    there is one, and says which; otherwise it stops and says how to start again.
+    A damaged ``checkpoint.pt`` (empty, truncated, failing its CRC, or holding NaN or inf in its
+    weights or optimizer state) is named with its fault; the run resumes from the newest intact
+    ``checkpoint_<step>.pt`` copy (``--keep-every``) when there is one, and says which; otherwise
+    it stops and says how to start again.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -174,6 +182,8 @@ class Trainer:
             raise TrainingError(
                 f"train_subset {cfg.train_subset} is larger than the {len(self.train_set)} images of "
                 f"{cfg.dataset}'s training split{part}; valid: 1 to {len(self.train_set)}, or 0 for all")
+        if cfg.eval_at_end or cfg.knn_every > 0:  # the bank's size is known now, not at the end
+            check_knn_bank(cfg, len(self.bank_set), FRAMEWORKS.get(cfg.framework).eval_protocol)
         # the test split is read (and its classes checked against the training split's) before
         # the first step, so a bad split stops the run before it trains, not after
         self.test_set = (load_split(cfg, root, cfg.test_split)
@@ -223,11 +233,11 @@ class Trainer:
         if not self.ckpt_path.exists():
             return None
         try:
-            return load_checkpoint(self.ckpt_path)
+            return load_resumable(self.ckpt_path)  # intact, and finite
         except CheckpointError as err:
             damaged = err
         try:
-            copy, saved, skipped = newest_intact_copy(self.run_dir)
+            copy, saved, skipped = newest_intact_copy(self.run_dir, load_resumable)
         except FileNotFoundError as err:
             older = "".join(f"; {e}" for e in getattr(err, "faults", []))
             raise TrainingError(
@@ -239,10 +249,16 @@ class Trainer:
             also = "".join(f"; skipped {e}" for e in skipped)
             note(f"{damaged}{also}; resuming from the newest intact copy, {copy} (step "
                  f"{saved['step']}). The damaged file is replaced at the next checkpoint.")
+        self._good_copy = copy  # the last good checkpoint until the next one is written
         return saved
 
+    def saved_config(self) -> dict[str, Any]:
+        """The config as the run saves it: ``data`` is the folder it reads (also when that came
+        from ``$SIMPRUNE_DATA``), so that ``simprune eval`` finds it without being told."""
+        return {**self.cfg.to_dict(), "data": str(self.root.absolute())}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "framework": self.framework.state_dict(),
+        return {"config": self.saved_config(), "framework": self.framework.state_dict(),
                 "eval_branch": self.framework.eval_branch,
                 "sampler_filter": self.filter.state_dict() if self.filter is not None else None,
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
@@ -267,7 +283,7 @@ class Trainer:
         self.train_seconds = saved.get("train_seconds", 0.0)
         self.eval_results = saved.get("eval", [])
         set_rng_state(saved["rng"])
-        if dist.is_main():
+        if dist.is_main() and self.step < self.total_steps:  # a trained run: run() says what it does
             print(f"resuming {self.run_dir} at step {self.step}/{self.total_steps}", flush=True)
 
     def _save_on_interrupt(self, bad: torch.Tensor, checked: int, last_good: int | None) -> None:
@@ -296,6 +312,7 @@ class Trainer:
         if dist.is_main():
             state = self.state_dict()
             atomic_save(state, self.ckpt_path)
+            self._good_copy = None
             if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
                 atomic_save(state, self.run_dir / kept_name(self.step))
         dist.barrier()
@@ -309,10 +326,9 @@ class Trainer:
         ``weights`` right before every checkpoint, so none is written from a broken state.
         """
         flags = [bad.float()]
-        if weights:
-            tensors = [t for t in self.framework.state_dict().values() if t.is_floating_point()]
-            flags.append(torch.stack([~torch.isfinite(t).all() for t in tensors]).any().float()
-                         if tensors else torch.zeros((), device=self.device))
+        if weights:  # and the optimizer's moments, which a checkpoint also carries
+            named = state_tensors(self.framework.state_dict(), self.opt.state_dict())
+            flags.append(any_nonfinite((t for _, t in named), self.device).float())
         flags_t = dist.all_reduce_mean(torch.stack([f.to(self.device) for f in flags]))
         loss_bad, weights_bad = (flags_t.tolist() + [0.0])[:2]
         if not (loss_bad > 0 or weights_bad > 0):
@@ -320,11 +336,13 @@ class Trainer:
         first = since + 1
         where = f"at step {self.step}" if first >= self.step else f"between steps {first} and {self.step}"
         what = ("the loss became NaN or inf " + where) if loss_bad > 0 else (
-            f"the weights became NaN or inf by step {self.step} (the losses were still finite)")
-        kept = (f"The last good checkpoint (step {last_good}) is kept at {self.ckpt_path}; no "
+            f"the weights or optimizer state became NaN or inf by step {self.step} (the losses "
+            "were still finite)")
+        good = getattr(self, "_good_copy", None) or self.ckpt_path
+        kept = (f"The last good checkpoint (step {last_good}) is kept at {good}; no "
                 "checkpoint was written from the broken state." if last_good is not None else
                 "No checkpoint had been written yet, so nothing was saved.")
-        raise TrainingError(f"{what}; stopped. {kept} Lower lr, raise clip_grad or use fp32/bf16.")
+        raise NonFiniteError(f"{what}; stopped. {kept} Lower lr, raise clip_grad or use fp32/bf16.")
 
     # --- one step --------------------------------------------------------------------------
     def batch_for(self, step: int) -> Batch:
@@ -412,9 +430,12 @@ class Trainer:
         done = self._already_finished()
         if done is not None:
             return done
+        if main and self.step >= self.total_steps > 0 and cfg.eval_at_end:
+            print(f"{self.run_dir} has trained all {self.total_steps} steps; evaluating it",
+                  flush=True)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.saved_config(), indent=2))
             sizes = size_note(cfg)
             if sizes:
                 note(sizes)
@@ -514,7 +535,9 @@ class Trainer:
             print(f"{self.run_dir} is already finished (step {self.step}/{self.total_steps}; results "
                   f"in {path}); nothing was trained or evaluated. To evaluate it again, with other "
                   f"settings if you like: simprune eval --ckpt {self.run_dir} [--knn-k K] "
-                  "[--knn-train N] [--knn-test N] [--linear]", flush=True)
+                  "[--knn-train N] [--knn-test N] [--linear]. To train longer, start a new run "
+                  "with more epochs (or steps) in another --out: a run's schedules are set by its "
+                  "length, so a finished run is not extended.", flush=True)
         return {**res, "already_finished": True}
 
     def _evaluate(self, final: bool) -> dict[str, Any]:
@@ -546,8 +569,12 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) the run ``cfg`` describes; returns the final results."""
-    trainer = Trainer(cfg)
     try:
-        return trainer.run()
-    finally:
-        dist.cleanup()
+        with holding_run_folder(cfg.out):  # one run per out folder (rank 0 holds it)
+            trainer = Trainer(cfg)
+            try:
+                return trainer.run()
+            finally:
+                dist.cleanup()
+    except FolderBusyError as err:
+        raise TrainingError(str(err)) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from simprune.frameworks.base import param_groups  # noqa: F401
-from simprune.run import set_hparams  # noqa: F401
+from simprune.run import check_optim_settings, set_hparams  # noqa: F401
 
 
 def cosine(start: float, end: float, t: float) -> float:

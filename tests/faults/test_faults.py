@@ -230,12 +230,15 @@ def test_finished_run_is_evaluated_once(reference, data_root, tmp_path):
     shutil.copytree(reference[0], run_dir)
     res = run(train_argv(run_dir, eval_at_end=True), data_root)
     assert res.returncode == 0, res.stderr
+    assert f"has trained all {TOTAL_STEPS} steps; evaluating it" in res.stdout
+    assert "resuming" not in res.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert results["finished"] and "knn_top1" in results
     before = snapshot(run_dir)
     res = run(train_argv(run_dir, eval_at_end=True), data_root)
     assert res.returncode == 0, res.stderr
     assert "is already finished" in res.stdout and f"simprune eval --ckpt {run_dir}" in res.stdout
+    assert "resuming" not in res.stdout and "To train longer, start a new run" in res.stdout
     assert "k-NN top-1" in res.stdout  # the stored result, not a new evaluation
     assert snapshot(run_dir) == before
     evals = [ln for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in ln]

@@ -78,7 +78,7 @@ class FakeTrainer:
     def run(self) -> dict:
         if self.cfg.reducer.method == "simprune":
             self.step = 1
-            raise loop.TrainingError("the loss became NaN or inf at step 1; stopped")
+            raise loop.NonFiniteError("the loss became NaN or inf at step 1; stopped")
         res = {"step": 2, "total_steps": 2, "finished": True, "train_seconds": 2.0, "knn_top1": 30.0,
                "knn_top5": 80.0, "linear_top1": 33.0}
         Path(self.cfg.out).mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def test_phases_and_resume(tmp_path, monkeypatch, capsys):
     recipe, out = _study(tmp_path), tmp_path / "runs" / "ft"
     args = ["--config", str(recipe), "--out", str(out)]
     FakeTuner.calls = []
-    assert run_study(study_args(*args, "--phase", "train")) == 0
+    assert run_study(study_args(*args, "--phase", "train")) == 1  # the SimPrune cell failed
     assert [Path(c).name for c in FakeTuner.calls] == ["seed0", "seed0"]  # dense, then SimPrune (fails)
     md = (out / "results.md").read_text()
     assert "| Fine-tune top-1 (%) |" in md and "Fine-tuning unfinished for 1 finished cell(s)" in md
@@ -111,7 +111,7 @@ def test_phases_and_resume(tmp_path, monkeypatch, capsys):
         "finetune", 1, 1, 0)
 
     FakeTuner.calls = []
-    assert run_study(study_args(*args)) == 0  # all: only the failing SimPrune cell runs again
+    assert run_study(study_args(*args)) == 1  # all: only the failing SimPrune cell runs again
     assert [Path(c).parent.name for c in FakeTuner.calls] == ["simprune-sliding_kr0.8"]
     text = capsys.readouterr().out
     assert "cell 1/2: Dense seed 0: fine-tuning finished, skipped (test top-1 40.00%)" in text

@@ -104,10 +104,16 @@ def test_failed_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch, cap
                               '[[methods]]\nname = "Dense"', 1)
     recipe = write_study(tmp_path, methods=methods)
     out = tmp_path / "runs" / "fail"
-    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
-    text = capsys.readouterr().out
+    assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 1
+    captured = capsys.readouterr()
+    text = captured.out
     assert "cell 1/3: SimPrune first kr=0.8 seed 0 failed: the loss became NaN" in text
     assert "cell 2/3: Dense seed 0 (new, 2 steps)" in text and "1/3 cells finished" in text
+    assert ("simprune: error: cell 1/3: SimPrune first kr=0.8 seed 0 failed at step 1: the loss "
+            "became NaN") in captured.err and "Rerunning will not help" in captured.err
+    assert "cell 3/3: SimPrune sliding kr=0.8 seed 0 failed at step 1" in captured.err
+    assert "2 run(s) of the study failed" in captured.err
+    assert "run the same command again" not in text  # both unfinished cells fail deterministically
     assert json.loads((out / "simprune-first_kr0.8" / "seed0" / "study_error.json").read_text())["step"] == 1
     md = (out / "results.md").read_text()
     assert "SimPrune first kr=0.8 seed 0: failed (the loss became NaN" in md and "at step 1 " in md

@@ -27,6 +27,28 @@ def test_two_process_gloo_matches_one_process(data_root, tmp_path):
                           "-m", "simprune.cli", "train", *cli_args(**cfg, out=two)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert not (two / "run.lock").exists()  # rank 0 held it, and released it at the end
     a, b = losses(one), losses(two)
     assert len(a) == len(b) == 4
     assert max(abs(x - y) for x, y in zip(a, b)) < TOLERANCE, (a, b)
+
+
+def test_under_torchrun_rank_0_holds_the_folder_and_a_busy_one_stops_the_job(data_root, tmp_path):
+    """Rank 0 takes ``run.lock`` (the other ranks write nothing there); a folder a live process
+    holds stops the job with rank 0's one line, without a hang."""
+    import os
+    import socket
+    import time
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                              "started": "t0", "command": "pytest"}))
+    cfg = dict(TINY, framework="dino", epochs=0.25, eval_at_end=False, device="cpu")
+    started = time.perf_counter()
+    res = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "simprune.cli", "train", *cli_args(**cfg, out=out)],
+                         env=run_env(data_root), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert f"simprune: error: the out folder {out} is in use by another run: pid {os.getpid()}" in res.stderr
+    assert not (out / "metrics.jsonl").exists() and time.perf_counter() - started < 240

@@ -41,7 +41,8 @@ def test_weights_gone_nonfinite_are_never_saved(data_root, tmp_path, monkeypatch
         return loss, logs
 
     monkeypatch.setattr(trainer, "train_step", breaks_weights)
-    with pytest.raises(TrainingError, match=r"weights became NaN or inf by step 3.*No checkpoint had been"):
+    with pytest.raises(TrainingError, match=r"weights or optimizer state became NaN or inf by step 3"
+                       r".*No checkpoint had been"):
         trainer.run()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
