@@ -216,12 +216,12 @@ def plan_settings(cfg: TrainConfig, methods: Sequence[str] | None = None,
     bases = ([vary(cfg, {f"{name}.decoder_depth": int(d)}) for d in decoder_depths]
              if decoder_depths else [cfg])
     variations: list[dict[str, Any]] = [{}]
-    if fw_cls.masks:
+    if fw_cls.cost_masks:
         ratios = list(mask_ratios or fw_cls.cost_mask_ratios or [fw_cls.cost_mask_ratio(cfg)])
         variations = [{f"{name}.mask_ratio": float(r)} for r in ratios]
     elif mask_ratios:
         raise ValueError(f"--mask-ratios: framework {name!r} masks nothing (frameworks that do: "
-                         f"{', '.join(n for n in FRAMEWORKS.names() if FRAMEWORKS.get(n).masks)})")
+                         f"{', '.join(n for n in FRAMEWORKS.names() if FRAMEWORKS.get(n).cost_masks)})")
     if random_drop:
         need("random_drop", "--random-drop")
         variations = [{**v, f"{name}.random_drop": rd} for v in variations for rd in (False, True)]

@@ -292,7 +292,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             over[key] = default
     reducer = base.get("reducer", {}) if isinstance(base.get("reducer"), dict) else {}
     fw_cls = FRAMEWORKS.get(str(given.get("framework", over.get("framework"))))
-    if "mask_ratio" in over and not fw_cls.masks:
+    if "mask_ratio" in over and not fw_cls.cost_masks:
         raise ValueError(f"--mask-ratio: framework {fw_cls.__name__} masks nothing (MAE and PCAE do)")
     takes = fw_cls.reducers != ()
     if takes and not any(k in given or k in reducer for k in ("method", "reducer.method")) \

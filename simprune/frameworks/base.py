@@ -140,11 +140,11 @@ class Framework(nn.Module):
     #: reduction is its masking)
     reducers: ClassVar[tuple[str, ...] | None] = None
 
-    #: what cost tables may vary besides the reducer: ``masks`` — the share of patches the encoder
+    #: what cost tables may vary besides the reducer: ``cost_masks`` — the share of patches the encoder
     #: hides is ``<name>.mask_ratio`` (MAE, PCAE); the mask ratios ``bench cost`` measures when
     #: none are given (empty: the recipe's); log keys of a forward a cost row reports
     #: (``decoded``: tokens the decoder reconstructs per image)
-    masks: ClassVar[bool] = False
+    cost_masks: ClassVar[bool] = False
     cost_mask_ratios: ClassVar[tuple[float, ...]] = ()
     cost_logs: ClassVar[tuple[str, ...]] = ()
 

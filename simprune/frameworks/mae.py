@@ -76,7 +76,7 @@ class MaskedAutoencoder(Framework):
 
     #: the encoder's only reduction is masking; ``[reducer]`` stays dense
     reducers: ClassVar[tuple[str, ...] | None] = ()
-    masks: ClassVar[bool] = True
+    cost_masks: ClassVar[bool] = True
     cost_logs: ClassVar[tuple[str, ...]] = ("decoded",)
 
     def __init__(self, backbone: VisionTransformer, decoder: MAEDecoder, mask_ratio: float,
