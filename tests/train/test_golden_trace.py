@@ -16,7 +16,7 @@ from golden_kit import FRAMEWORKS, METHODS, REL_TOL, fingerprint, records, run_o
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("framework", list(FRAMEWORKS))
-def test_golden_trace(data_root, tmp_path, framework, method):
+def test_golden_trace(data_root, tmp_path, framework, method, one_thread):
     recs = records()
     here = fingerprint()
     bitwise = here in recs
