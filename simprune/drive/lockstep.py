@@ -137,11 +137,17 @@ def lockstep_forward(
         with torch.no_grad():
             t_pt, t_final = finish(t_gen, t_new)
         s_pt, s_final = finish(s_gen, s_new)
-    out.student.state, out.teacher.state = s_final, t_final
+    return close_branches(out, s_final, t_final, l_final)
+
+
+def close_branches(out: DualOutput, student: TokenState, teacher: TokenState,
+                   local: TokenState | None) -> DualOutput:
+    """``out`` with each branch's final state and its per-point records (from ``out.points``)."""
+    out.student.state, out.teacher.state = student, teacher
     out.student.points = [p.student for p in out.points]
     out.teacher.points = [p.teacher for p in out.points]
     if out.local is not None:
-        out.local.state, out.local.points = l_final, [p.local for p in out.points]
+        out.local.state, out.local.points = local, [p.local for p in out.points]
     return out
 
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from simprune.drive.lockstep import DualOutput, PairPoint, record_of
+from simprune.drive.lockstep import DualOutput, PairPoint, close_branches, record_of
 from simprune.drive.single import Reduced, finish, rates_per_point
 from simprune.models.vit import VisionTransformer
 from simprune.reducers.aligned import protected_count, reduce_aligned
@@ -176,12 +176,7 @@ def masked_dual_forward(
         with torch.no_grad():
             t_pt, t_final = finish(t_gen, t_new)
         s_pt, s_final = finish(s_gen, s_new)
-    out.student.state, out.teacher.state = s_final, t_final
-    out.student.points = [p.student for p in out.points]
-    out.teacher.points = [p.teacher for p in out.points]
-    if out.local is not None:
-        out.local.state, out.local.points = l_final, [p.local for p in out.points]
-    return out
+    return close_branches(out, s_final, t_final, l_final)
 
 
 __all__ = ["apply_mask_token", "masked_dual_forward", "masked_rows"]
