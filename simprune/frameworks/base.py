@@ -131,6 +131,9 @@ class Framework(nn.Module):
     #: the ``knn`` protocol's features: the final ``cls`` token or the ``mean`` of the patch tokens
     #: (MAE, PCAE: their losses never train the CLS token); instances may set it from their config
     eval_pool: str = "cls"
+    #: whether some trained parameters take no part in some steps (dynamic_simprune's gates during
+    #: its warm-up): DDP then looks for unused parameters at every step (``find_unused_parameters``)
+    idle_parameters: bool = False
     #: whether training needs class labels
     needs_labels: ClassVar[bool] = False
     #: whether the reducer may be a pair reducer (needs two branches compared in the loss)

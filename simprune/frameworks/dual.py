@@ -51,6 +51,7 @@ class DualBranch(Framework):
             # a reducer with trained parts (dynamic_simprune's gates): among the student's modules,
             # so the optimiser, gradient clipping and checkpoints see them; the EMA skips them
             self.student["reducer"] = bind(backbone)
+            self.idle_parameters = True  # no gate runs before the reducer's warm-up ends
 
     @property
     def reducer(self):  # noqa: ANN201 - the student's reducer (or None)

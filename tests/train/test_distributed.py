@@ -52,3 +52,18 @@ def test_under_torchrun_rank_0_holds_the_folder_and_a_busy_one_stops_the_job(dat
     assert res.returncode != 0
     assert f"simprune: error: the out folder {out} is in use by another run: pid {os.getpid()}" in res.stderr
     assert not (out / "metrics.jsonl").exists() and time.perf_counter() - started < 240
+
+
+def test_dynamic_simprune_trains_under_torchrun_across_its_warm_up(data_root, tmp_path):
+    """dynamic_simprune's gates take no part in the warm-up's steps: DDP must look for unused
+    parameters (``Framework.idle_parameters``), or the first gated step stops the job."""
+    out = tmp_path / "dyn"
+    cfg = dict(TINY, method="dynamic_simprune", reducer_options='{"warmup": 0.3}',
+               eval_at_end=False, device="cpu")
+    res = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "simprune.cli", "train", *cli_args(**cfg, out=out)],
+                         env=run_env(data_root), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    flops = [r["flops"] for r in recs if "flops" in r]
+    assert len(flops) == 4 and flops[0] > 1.0 > flops[-1]  # idle gates first, then gated steps
