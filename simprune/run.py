@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from simprune import dist
-from simprune.checkpoint import CKPT_NAME, load_checkpoint
+from simprune.checkpoint import CKPT_NAME, CheckpointError, load_checkpoint
 from simprune.config import TrainConfig, make_config, model_overrides, upgrade_saved
 from simprune.config.base import MODEL_SIZE_KEYS
 from simprune.data import DATASETS, load_dataset
@@ -32,6 +32,7 @@ from simprune.data.folder import default_load_size
 from simprune.data.loader import resolve_workers
 from simprune.data.split import check_split
 from simprune.data.stats import dataset_stats
+from simprune.finite import describe_nonfinite, nonfinite_names, state_tensors
 from simprune.frameworks import FRAMEWORKS, DataInfo, Framework
 from simprune.models.init import check_init_options
 
@@ -73,6 +74,8 @@ def load_run(ckpt: str | Path) -> tuple[TrainConfig, Framework, dict[str, Any]]:
 
     Raises:
         FileNotFoundError: no checkpoint there (the message says what to pass).
+        CheckpointError: the file is damaged, or its weights hold NaN or inf (a run never writes
+            one; a file changed on disk or written elsewhere would give meaningless features).
     """
     path = Path(ckpt)
     if path.is_dir():
@@ -80,6 +83,11 @@ def load_run(ckpt: str | Path) -> tuple[TrainConfig, Framework, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}; pass a run folder or checkpoint.pt")
     saved = load_checkpoint(path)
+    bad = nonfinite_names(state_tensors(saved["framework"], None))
+    if bad:
+        raise CheckpointError(path, f"holds NaN or inf weights (step {saved['step']}; in "
+                                    f"{describe_nonfinite(bad)}): it cannot be evaluated, exported "
+                                    "or fine-tuned")
     cfg = make_config(upgrade_saved(saved["config"]))
     fw = build_framework(cfg)
     fw.load_state_dict(saved["framework"])

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from simprune.finite import describe_nonfinite, nonfinite_names
 from simprune.models import create_model
 from simprune.models.vit import VisionTransformer
 from simprune.models.weights import load_weights
@@ -93,6 +94,10 @@ def backbone_state(path: str | Path, branch: str = "",
         sd = {k[len(prefix):]: v for k, v in saved["framework"].items() if k.startswith(prefix)}
         if not sd:
             raise ValueError(f"{ckpt} has no {branch!r} backbone")
+    bad = nonfinite_names((k, t) for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point())
+    if bad:
+        raise ValueError(f"{p} holds NaN or inf weights (in {describe_nonfinite(bad)}): a backbone "
+                         "cannot start from it")
     if into is not None:
         load_weights(into, sd, strict=True)  # raises with the differences
         return into.state_dict()

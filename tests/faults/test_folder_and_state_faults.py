@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from faultkit import REPO, TOTAL_STEPS, command, run, step_losses, train_argv
 from test_faults import assert_resumes_exactly, one_line, snapshot
@@ -128,3 +129,30 @@ def test_load_resumable_names_the_nonfinite_tensor(stopped):
         assert name in str(err) and "NaN or inf" in str(err)
     else:
         raise AssertionError("a NaN checkpoint was accepted")
+
+
+def test_eval_export_and_finetune_refuse_a_checkpoint_with_nan_weights(stopped, data_root, tmp_path,
+                                                                        capsys):
+    """A run never writes a non-finite checkpoint, but a file changed on disk or written elsewhere
+    may hold one: ``eval`` and ``export`` refuse it in one line naming the file and the tensor, and
+    a fine-tuning that starts from it names its backbone's bad tensor, before any step."""
+    from simprune.cli import main
+
+    run_dir = stopped(3)
+    saved = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    name = next(k for k in saved["framework"] if k.startswith(f"{saved['eval_branch']}.backbone.")
+                and saved["framework"][k].is_floating_point())
+    saved["framework"][name].view(-1)[0] = float("nan")
+    torch.save(saved, run_dir / "checkpoint.pt")
+    for argv in (["eval", "--ckpt", str(run_dir), "--data", str(data_root)],
+                 ["export", "--ckpt", str(run_dir), "--out", str(tmp_path / "w.safetensors")]):
+        assert main(argv) == 2, argv
+        line = one_line(capsys.readouterr().err)
+        assert (f"{run_dir / 'checkpoint.pt'} holds NaN or inf weights (step 3; in {name!r}): it "
+                "cannot be evaluated, exported or fine-tuned") in line, line
+    assert not (tmp_path / "w.safetensors").exists()
+    from simprune.teachers.frozen import backbone_state
+
+    with pytest.raises(ValueError, match=r"holds NaN or inf weights \(in '.*'\): a backbone cannot "
+                                         r"start from it"):
+        backbone_state(run_dir)
