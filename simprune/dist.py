@@ -61,6 +61,26 @@ def all_gather_cat(x: Tensor) -> Tensor:
     return torch.cat(parts, dim=0)
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device,
+             find_unused_parameters: bool = False) -> torch.nn.parallel.DistributedDataParallel:
+    """``module`` in DDP, with its buffers left to each rank after the start (a momentum head's
+    BatchNorm statistics are the rank's own; DINO's centre is averaged by its own all-reduce).
+
+    ``find_unused_parameters``: some trained parameters take no part in some steps. torch 2.13
+    deprecates ``broadcast_buffers`` for ``forward_sync_buffers``, which also copies rank 0's
+    buffers once at the start; that changes nothing here (every rank builds, or resumes, the same
+    buffers). Older versions only have the first.
+    """
+    import inspect
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+    params = inspect.signature(ddp.__init__).parameters
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in params
+               else {"broadcast_buffers": False})
+    return ddp(module, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused_parameters, **no_sync)
+
+
 def barrier() -> None:
     if is_dist():
         dist.barrier()

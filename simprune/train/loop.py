@@ -212,9 +212,8 @@ class Trainer:
             rank=self.rank, world=self.world, whole=cfg.deterministic and self.world > 1)
         self.model: nn.Module = self.framework
         if self.world > 1:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.framework, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=self.framework.idle_parameters)
+            self.model = dist.wrap_ddp(self.framework, self.device,
+                                       find_unused_parameters=self.framework.idle_parameters)
         self.opt = build_optimizer(cfg, self.framework)
         self.amp_dtype = PRECISIONS[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
