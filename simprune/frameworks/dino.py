@@ -11,7 +11,7 @@ the student distribution of every *other* view (:mod:`simprune.losses.dino`). Th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -71,13 +71,20 @@ class DINO(DualBranch):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @classmethod
-    def build(cls, cfg, data: DataInfo) -> DINO:  # noqa: ANN001 - TrainConfig
+    def options(cls, cfg) -> dict[str, Any]:  # noqa: ANN001 - TrainConfig
+        """The constructor's keyword arguments that a config sets (a subclass adds its own)."""
         c: DINOConfig = cfg.fw
+        return dict(out_dim=c.out_dim, hidden=c.head_hidden, bottleneck=c.bottleneck,
+                    student_temp=c.student_temp, teacher_temp=c.teacher_temp,
+                    warmup_teacher_temp=c.warmup_teacher_temp,
+                    warmup_teacher_frac=c.warmup_teacher_frac, center_momentum=c.center_momentum,
+                    freeze_last_layer=c.freeze_last_layer, momentum=cfg.teacher.momentum,
+                    momentum_end=cfg.teacher.momentum_end)
+
+    @classmethod
+    def build(cls, cfg, data: DataInfo) -> DINO:  # noqa: ANN001 - TrainConfig
         plan, teacher_plan = build_plans(cfg)
-        return cls(build_backbone(cfg, data), plan, c.out_dim, c.head_hidden, c.bottleneck,
-                   c.student_temp, c.teacher_temp, c.warmup_teacher_temp, c.warmup_teacher_frac,
-                   c.center_momentum, c.freeze_last_layer, teacher_plan, cfg.teacher.momentum,
-                   cfg.teacher.momentum_end)
+        return cls(build_backbone(cfg, data), plan, teacher_plan=teacher_plan, **cls.options(cfg))
 
     @classmethod
     def check(cls, cfg) -> None:  # noqa: ANN001

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +45,8 @@ from simprune import dist
 from simprune.drive import DualOutput
 from simprune.drive.block_mask import BlockMasks, BlockMaskSpec, batch_block_masks, check_block_mask
 from simprune.drive.masked_pair import masked_dual_forward, masked_rows
-from simprune.frameworks.base import DENSE, FRAMEWORKS, Batch, DataInfo, Progress, StepOutput
+from simprune.frameworks.base import DENSE, FRAMEWORKS, Batch, Progress, StepOutput
 from simprune.frameworks.dino import DINO, DINOConfig
-from simprune.frameworks.parts import build_backbone, build_plans
 from simprune.losses.dino import collapse_stats, dino_loss, dino_loss_per_sample
 from simprune.losses.ibot import ibot_loss, ibot_per_image, ibot_weights, masked_center_stats
 from simprune.losses.koleo import check_koleo_batch, koleo_loss
@@ -158,14 +157,12 @@ class DINOv2(DINO):
         self.register_buffer("ibot_center", torch.zeros(1, out_dim))
 
     @classmethod
-    def build(cls, cfg, data: DataInfo) -> DINOv2:  # noqa: ANN001 - TrainConfig
+    def options(cls, cfg) -> dict[str, Any]:  # noqa: ANN001 - TrainConfig
         c: DINOv2Config = cfg.fw
-        plan, teacher_plan = build_plans(cfg)
-        return cls(build_backbone(cfg, data), plan, c.out_dim, c.head_hidden, c.bottleneck,
-                   c.student_temp, c.teacher_temp, c.warmup_teacher_temp, c.warmup_teacher_frac,
-                   c.center_momentum, c.freeze_last_layer, teacher_plan, cfg.teacher.momentum,
-                   cfg.teacher.momentum_end, spec_of(cfg), cfg.seed, c.ibot_weight,
-                   c.ibot_center_momentum, c.ibot_separate_head, c.koleo_weight, c.protect_masked)
+        return dict(super().options(cfg), mask_spec=spec_of(cfg), seed=cfg.seed,
+                    ibot_weight=c.ibot_weight, ibot_center_momentum=c.ibot_center_momentum,
+                    ibot_separate_head=c.ibot_separate_head, koleo_weight=c.koleo_weight,
+                    protect_masked=c.protect_masked)
 
     @classmethod
     def check(cls, cfg) -> None:  # noqa: ANN001 - TrainConfig
