@@ -286,15 +286,8 @@ def measure(settings: Sequence[tuple[str, TrainConfig]], device: torch.device, w
         "groups": list(dict.fromkeys(v.group for v in variants)),
         "compare": list(compare) if compare else None,
         "config": cfg.to_dict(), "configs": [c.to_dict() for _, c in settings],
-        "notes": list(cfg.notes), "held": held_notes(variants), "rows": rows,
+        "notes": list(cfg.notes), "rows": rows,
     }
-
-
-def held_notes(variants: Sequence[Variant]) -> list[str]:
-    """A note for each variant whose reducer's trained parts were held as built."""
-    return [f"{v.label}: its reducer's trained parts (gates) are as built, untrained, and held "
-            "fixed over the rounds; a trained run's cost differs (its logged `flops`)"
-            for v in variants if v.held]
 
 
 def _logged(v: Variant) -> dict[str, float]:
@@ -508,7 +501,7 @@ def run_cost(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     res = measure(settings, device, args.warmup, args.repeats, args.progress, args.profile, compare)
-    res["notes"] = list(cfg.notes) + res.pop("held")
+    res["notes"] = list(cfg.notes)
     res["out"] = str(folder)
     try:
         paths = write_results(res, folder, plot=not args.no_plot)

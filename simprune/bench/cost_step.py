@@ -70,8 +70,6 @@ class Variant:
     #: how tables name it (the framework's ``cost_label``) and the reference group it belongs to
     name: str = ""
     group: str = ""
-    #: the reducer's trained parts are held as built (:func:`hold_reducer_parts`)
-    held: bool = False
 
     @property
     def method(self) -> str:
@@ -233,19 +231,6 @@ def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
 
 
-def hold_reducer_parts(framework: Framework) -> bool:
-    """Freeze a reducer's own trained parts (dynamic_simprune's gates) for a benchmark, so that
-    the optimizer steps of the rounds leave them as built and every round runs the same gates;
-    otherwise its budget penalty retrains them round by round and the counted step, the memory
-    step and each timed round would each measure another token count. Returns whether there were
-    any: such a variant measures its gates as built (untrained), not those of a trained run."""
-    student = getattr(framework, "student", None)
-    if not isinstance(student, nn.ModuleDict) or "reducer" not in student:
-        return False
-    student["reducer"].requires_grad_(False)
-    return True
-
-
 def build_settings(settings: Sequence[tuple[str, TrainConfig]], device: torch.device,
                    progress: float = 0.5, image_size: int | None = None) -> list[Variant]:
     """One variant per ``(group, config)``, each built from its config's seed on the same synthetic
@@ -265,11 +250,10 @@ def build_settings(settings: Sequence[tuple[str, TrainConfig]], device: torch.de
         ref = reference.get(group)
         if ref is not None and _same_shapes(ref.framework, fw):
             fw.load_state_dict(ref.framework.state_dict())
-        held = hold_reducer_parts(fw)
         opt = build_optimizer(cfg, fw)
         augment = build_augment(cfg, fw, data).to(device)
         v = Variant(cfg, fw, augment, opt, images, labels, progress,
-                    name=FRAMEWORKS.get(cfg.framework).cost_label(cfg), group=group, held=held)
+                    name=FRAMEWORKS.get(cfg.framework).cost_label(cfg), group=group)
         reference.setdefault(group, v)
         variants.append(v)
     return variants
