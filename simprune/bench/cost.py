@@ -57,7 +57,15 @@ from simprune.bench.cost_step import (
     with_method,
 )
 from simprune.bench.framework_defaults import bench_defaults, describe
-from simprune.config import FRAMEWORKS, TrainConfig, aliases, flatten, load_recipe, make_config
+from simprune.config import (
+    FRAMEWORKS,
+    TrainConfig,
+    aliases,
+    flatten,
+    load_recipe,
+    make_config,
+    owns_flops_budget,
+)
 from simprune.config.flags import parse_option
 from simprune.frameworks import DENSE
 from simprune.models.configs import model_config
@@ -485,6 +493,12 @@ def run_cost(args: argparse.Namespace) -> int:
         if args.methods is not None and (not args.methods or DENSE in [m.partition(":")[0]
                                                                       for m in args.methods]):
             raise ValueError("--methods: give reducer names (the reference is always measured)")
+        for m in args.methods or ():
+            if owns_flops_budget(m.partition(":")[0]):
+                raise ValueError(f"--methods: {m.partition(':')[0]}'s cost depends on its trained "
+                                 "gates, which change with every step a cost table would time; a "
+                                 "run logs its realised training-FLOPs fraction as `flops` every "
+                                 "step (docs/method.md, Dynamic SimPrune)")
         settings = plan_settings(cfg, args.methods, args.keep_rates, args.mask_ratios,
                                  args.decoder_depths, args.random_drop)
         for _, c in settings:

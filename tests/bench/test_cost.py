@@ -183,6 +183,7 @@ def test_trilevel_token_and_attention_levels(tmp_path, capsys):
     ["--set", "precision='fp16'"],
     ["--set", "nonsense_key=1"],
     ["--set", "keep_rate=0.5"],
+    ["--framework", "mocov3", "--methods", "dynamic_simprune"],
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, extra):
     out = tmp_path / "bad"
