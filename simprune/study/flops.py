@@ -5,6 +5,9 @@ scaled by the framework's steps per epoch relative to training on every example
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from simprune.bench.flops import StepCounter, dense_config, reference_config
 from simprune.config import TrainConfig, planned_steps
 
@@ -66,4 +69,24 @@ def flops_percent(cfg: TrainConfig) -> float | None:
         return None
 
 
-__all__ = ["epoch_share", "flops_percent", "flops_ratio", "step_counter"]
+def logged_flops_percent(folders: Sequence[Path]) -> float | None:
+    """A reducer that owns its FLOPs budget (``dynamic_simprune``) keeps as many tokens as its
+    trained gates choose, so no step counted from its config says what its runs cost: instead
+    ``100 ·`` the mean of the ``flops`` its runs logged (the padded batch's training-FLOPs
+    fraction, gates and matching included, patch embedding and heads left out: every
+    ``log_every``-th step, the warm-up's included), averaged over the runs in ``folders`` that
+    logged one; ``None`` when none did."""
+    from simprune.records import read_records
+
+    means = []
+    for folder in folders:
+        path = Path(folder) / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        vals = [float(r["flops"]) for r, _ in read_records(path) if "flops" in r and "loss" in r]
+        if vals:
+            means.append(sum(vals) / len(vals))
+    return 100.0 * sum(means) / len(means) if means else None
+
+
+__all__ = ["epoch_share", "flops_percent", "flops_ratio", "logged_flops_percent", "step_counter"]

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from simprune.config import TrainConfig
-from simprune.study.flops import flops_percent
+from simprune.config import TrainConfig, owns_flops_budget
+from simprune.study.flops import flops_percent, logged_flops_percent
 from simprune.study.plots import write_plot
 from simprune.study.results import CellResult, Row, read_cell, top1_metric, top1_of
 
@@ -74,8 +74,10 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
         tuned = [m.finetune for m in done if m.finetune is not None and m.finetune.finished]
         ft = [float(top1_of(t.metrics)) for t in tuned]
         cfg = members[0].cell.config
+        flops = (logged_flops_percent([m.cell.folder for m in done])
+                 if owns_flops_budget(cfg.reducer.method) else flops_percent(cfg))
         rows.append(Row(method, cfg.reducer.method, rate, len(members), len(done), mean_std(knn),
-                        mean_std(lin), flops_percent(cfg), statistics.fmean(secs) if secs else None,
+                        mean_std(lin), flops, statistics.fmean(secs) if secs else None,
                         metric=metric, finetune=mean_std(ft), finetuned=len(ft),
                         finetune_planned=members[0].cell.finetune is not None))
     dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds and r.flops_pct != 0.0),
@@ -171,6 +173,7 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
     points = sorted({tuple(c.config.reducer.reduce_at) for c in study.cells
                      if c.config.reducer.method != "dense"})
     pruning = "" if not points else ", pruning at blocks " + " or ".join(str(p) for p in points)
+    owned = {r.reducer for r in rows if owns_flops_budget(r.reducer)}
     lines = [f"# Study `{study.name}`", ""]
     if study.description:
         lines += [study.description.strip(), ""]
@@ -189,6 +192,11 @@ def write_markdown(study: Study, rows: Sequence[Row], results: Sequence[CellResu
               "work of reducers and matching), as % of the same step dense; averaged over training "
               "when a keep-rate warm-up is set; times the steps per epoch of a sample filter's subset "
               "(Tri-Level's example level) over those of the whole training set.",
+              *([f"- Training FLOPs of {', '.join(sorted(owned))}: the mean of the `flops` its runs "
+                 "logged (its gates choose how many tokens each batch keeps, so no step counted from "
+                 "its config says what it cost): the padded batch's fraction, gates and matching "
+                 "included, patch embedding and heads left out, every `log_every`-th step, the "
+                 "warm-up's included."] if owned else []),
               "- Training time: mean `train_seconds` of the cell's finished seeds over that of dense, "
               "summed over sittings, on the machine(s) that ran them. Wall time on a shared machine "
               "is noisy: read it as indicative; `simprune bench micro` measures interleaved ratios."]
