@@ -493,9 +493,9 @@ def run_cost(args: argparse.Namespace) -> int:
         if args.methods is not None and (not args.methods or DENSE in [m.partition(":")[0]
                                                                       for m in args.methods]):
             raise ValueError("--methods: give reducer names (the reference is always measured)")
-        for m in args.methods or ():
-            if owns_flops_budget(m.partition(":")[0]):
-                raise ValueError(f"--methods: {m.partition(':')[0]}'s cost depends on its trained "
+        for name in (m.partition(":")[0] for m in args.methods or ()):
+            if owns_flops_budget(name):
+                raise ValueError(f"--methods: {name}'s cost depends on its trained "
                                  "gates, which change with every step a cost table would time; a "
                                  "run logs its realised training-FLOPs fraction as `flops` every "
                                  "step (docs/method.md, Dynamic SimPrune)")

@@ -89,4 +89,16 @@ def logged_flops_percent(folders: Sequence[Path]) -> float | None:
     return 100.0 * sum(means) / len(means) if means else None
 
 
-__all__ = ["epoch_share", "flops_percent", "flops_ratio", "logged_flops_percent", "step_counter"]
+def cell_flops_percent(cfg: TrainConfig, folders: Sequence[Path]) -> float | None:
+    """A study cell's training FLOPs (% of dense): counted from its config
+    (:func:`flops_percent`), or for a reducer that owns its FLOPs budget the mean its finished
+    runs in ``folders`` logged (:func:`logged_flops_percent`)."""
+    from simprune.config import owns_flops_budget
+
+    if owns_flops_budget(cfg.reducer.method):
+        return logged_flops_percent(folders)
+    return flops_percent(cfg)
+
+
+__all__ = ["cell_flops_percent", "epoch_share", "flops_percent", "flops_ratio",
+           "logged_flops_percent", "step_counter"]

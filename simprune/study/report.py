@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simprune.config import TrainConfig, owns_flops_budget
-from simprune.study.flops import flops_percent, logged_flops_percent
+from simprune.study.flops import cell_flops_percent
 from simprune.study.plots import write_plot
 from simprune.study.results import CellResult, Row, read_cell, top1_metric, top1_of
 
@@ -74,10 +74,9 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
         tuned = [m.finetune for m in done if m.finetune is not None and m.finetune.finished]
         ft = [float(top1_of(t.metrics)) for t in tuned]
         cfg = members[0].cell.config
-        flops = (logged_flops_percent([m.cell.folder for m in done])
-                 if owns_flops_budget(cfg.reducer.method) else flops_percent(cfg))
         rows.append(Row(method, cfg.reducer.method, rate, len(members), len(done), mean_std(knn),
-                        mean_std(lin), flops, statistics.fmean(secs) if secs else None,
+                        mean_std(lin), cell_flops_percent(cfg, [m.cell.folder for m in done]),
+                        statistics.fmean(secs) if secs else None,
                         metric=metric, finetune=mean_std(ft), finetuned=len(ft),
                         finetune_planned=members[0].cell.finetune is not None))
     dense = next((r for r in rows if r.reducer == "dense" and r.train_seconds and r.flops_pct != 0.0),

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from simprune.finite import describe_nonfinite, nonfinite_names
+from simprune.finite import describe_nonfinite, nonfinite_names, state_tensors
 from simprune.models import create_model
 from simprune.models.vit import VisionTransformer
 from simprune.models.weights import load_weights
@@ -94,7 +94,7 @@ def backbone_state(path: str | Path, branch: str = "",
         sd = {k[len(prefix):]: v for k, v in saved["framework"].items() if k.startswith(prefix)}
         if not sd:
             raise ValueError(f"{ckpt} has no {branch!r} backbone")
-    bad = nonfinite_names((k, t) for k, t in sd.items() if torch.is_tensor(t) and t.is_floating_point())
+    bad = nonfinite_names(state_tensors(sd, None))
     if bad:
         raise ValueError(f"{p} holds NaN or inf weights (in {describe_nonfinite(bad)}): a backbone "
                          "cannot start from it")
