@@ -266,15 +266,20 @@ def check_report_target(out: Path, overwrite: bool) -> None:
 
 def dry_run(study: Study, log=None) -> None:
     """List the cells with their state and FLOPs; train nothing."""
-    from simprune.study.flops import flops_percent
+    from simprune.config import owns_flops_budget
+    from simprune.study.flops import cell_flops_percent
 
     log = log or say
     log(f"study {study.name}: {len(study.cells)} cells in {study.out} (base {study.base_path})")
     for i, cell in enumerate(study.cells, start=1):
         r = read_cell(cell)
         where = f" at step {r.step}/{r.total_steps}" if r.step is not None and not r.finished else ""
-        flops = flops_percent(cell.config)
+        flops = cell_flops_percent(cell.config, [cell.folder])
         flops_txt = "FLOPs n/a" if flops is None else f"FLOPs {flops:.1f}% of dense"
+        if owns_flops_budget(cell.config.reducer.method):
+            flops_txt = ("FLOPs set by its trained gates (budget "
+                         f"{cell.config.reducer.flops_budget:g} of dense), "
+                         + ("none logged yet" if flops is None else f"{flops:.1f}% of dense logged"))
         try:
             check_cell_config(cell)
         except ValueError as err:

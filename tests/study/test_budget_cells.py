@@ -69,3 +69,17 @@ def test_a_reducer_owning_its_budget_reports_the_flops_its_runs_logged(tmp_path)
     assert one[0].flops_pct == pytest.approx(80.0)
     unfinished = aggregate([CellResult(cells[0], "stopped", 1, 2, {})])
     assert unfinished[0].flops_pct is None
+
+
+def test_dry_run_names_the_budget_of_a_reducer_owning_it(tmp_path, capsys):
+    """Before training, no counted step says what a dynamic cell costs: the dry run names its
+    budget and that nothing is logged yet, not the FLOPs of its untrained gates."""
+    from study_testkit import study_args
+
+    from simprune.study import run_study
+
+    recipe = write_study(tmp_path, methods=METHODS + DYNAMIC_ROW)
+    assert run_study(study_args("--config", str(recipe), "--out", str(tmp_path / "runs" / "d"),
+                                "--dry-run")) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if "Dynamic" in ln)
+    assert "FLOPs set by its trained gates (budget 0.78 of dense), none logged yet" in line
