@@ -275,11 +275,12 @@ def dry_run(study: Study, log=None) -> None:
         r = read_cell(cell)
         where = f" at step {r.step}/{r.total_steps}" if r.step is not None and not r.finished else ""
         flops = cell_flops_percent(cell.config, [cell.folder])
-        flops_txt = "FLOPs n/a" if flops is None else f"FLOPs {flops:.1f}% of dense"
         if owns_flops_budget(cell.config.reducer.method):
-            flops_txt = ("FLOPs set by its trained gates (budget "
-                         f"{cell.config.reducer.flops_budget:g} of dense), "
-                         + ("none logged yet" if flops is None else f"{flops:.1f}% of dense logged"))
+            flops_txt = (f"FLOPs set by its trained gates (budget {cell.config.reducer.flops_budget:g} "
+                         "of dense), " + ("none logged yet" if flops is None
+                                          else f"{flops:.1f}% of dense logged"))
+        else:
+            flops_txt = "FLOPs n/a" if flops is None else f"FLOPs {flops:.1f}% of dense"
         try:
             check_cell_config(cell)
         except ValueError as err:
