@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -83,6 +84,13 @@ def skip_finished(folder: Path, head: str, counts: dict[str, float], log, what: 
 def read_log(out: Path) -> dict[str, Any]:
     path = out / LOG_NAME
     return json.loads(path.read_text()) if path.is_file() else {"sittings": []}
+
+
+def sitting_id(started: str) -> str:
+    """A sitting's id in ``study.json``: ``<started>~<random>/<host>/<pid>``. The host and pid let
+    a later sitting on this machine tell one killed outright; the random part keeps two sittings
+    of one process started within the same second apart (a study run twice from Python)."""
+    return f"{started}~{uuid.uuid4().hex[:8]}/{socket.gethostname()}/{os.getpid()}"
 
 
 def log_sitting(out: Path, entry: dict[str, Any]) -> None:
@@ -318,7 +326,7 @@ def run_study(args: argparse.Namespace) -> int:
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         entry = {"command": command, "started": started, "seeds": study.seeds,
                  "cells": len(study.cells), "state": "running",
-                 "id": f"{started}/{socket.gethostname()}/{os.getpid()}"}
+                 "id": sitting_id(started)}
         if is_main():  # logged before the first step: a sitting killed outright (SIGKILL) still shows
             log_sitting(study.out, entry)
         state = "interrupted"

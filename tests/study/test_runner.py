@@ -218,6 +218,31 @@ def test_a_sitting_is_logged_when_it_starts_and_completed_when_it_ends(tmp_path,
     assert sittings[0]["wall_seconds"] == 2.0
 
 
+def test_two_sittings_of_one_process_in_one_second_log_two_entries(tmp_path, monkeypatch):
+    """The CI failure of stop 32: a study run twice from one Python process within the same
+    second gave both sittings one id, so the second overwrote the first in ``study.json``."""
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "twice"
+    out.mkdir(parents=True)
+
+    class FrozenClock(runner.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return runner.datetime(2026, 12, 7, 23, 0, 0, tzinfo=tz)
+
+    def trains(study, time_limit, counts=None, log=None, phase="all", methods=None):
+        counts.update(trained=1, finished=0, seconds=1.0)
+        return counts
+
+    monkeypatch.setattr(runner, "datetime", FrozenClock)
+    monkeypatch.setattr(runner, "run_cells", trains)
+    for _ in range(2):
+        assert run_study(study_args("--config", str(recipe), "--out", str(out))) == 0
+    sittings = json.loads((out / "study.json").read_text())["sittings"]
+    assert len(sittings) == 2 and sittings[0]["id"] != sittings[1]["id"]
+    assert [s["started"] for s in sittings] == ["2026-12-07T23:00:00+00:00"] * 2
+
+
 def test_a_sitting_killed_outright_is_marked_killed_by_the_next(tmp_path, monkeypatch):
     """An entry left ``running`` by a process of this machine that is gone becomes ``killed``; one
     whose process lives (a sitting side by side) or of another machine stays ``running``."""
