@@ -79,6 +79,9 @@ def add_viz_args(p: argparse.ArgumentParser) -> None:
                    help="logs: the x axis (default progress = step / total steps)")
     p.add_argument("--mean-seeds", action="store_true",
                    help="logs: average runs in <method>/seed<N> folders per method")
+    p.add_argument("--table", type=int, default=None, metavar="N",
+                   help="logs: also print each series averaged over N equal parts of training "
+                        "(Markdown, written beside the PNG as .md)")
 
 
 def _load_image(args: argparse.Namespace, cfg: TrainConfig) -> tuple[Tensor, str]:
@@ -125,7 +128,7 @@ def run_viz(args: argparse.Namespace) -> int:
     if getattr(args, "figure", "masks") == "logs":
         from simprune.viz.logs import run_logs
 
-        run_logs(args.runs, args.metrics, args.x, args.out, args.mean_seeds)
+        run_logs(args.runs, args.metrics, args.x, args.out, args.mean_seeds, args.table)
         return 0
     if getattr(args, "runs", None):
         raise ValueError("--runs belongs to 'simprune viz logs'; the mask figures take --ckpt")

@@ -11,7 +11,9 @@ pairs). Example::
     simprune viz logs --runs runs/a runs/b --metrics fill m2o sim_kept knn_top1
 
 The x axis is training progress ``step / total_steps`` (the run's planned length, from its
-``config.json``), or ``--x epoch`` / ``--x step``.
+``config.json``), or ``--x epoch`` / ``--x step``. ``--table N`` also prints the numbers behind
+the panels: each series averaged over N equal parts of training (a Markdown table, written beside the
+PNG as ``.md``), e.g. the k-NN at each evaluation and the many-to-one rate over the same stretch.
 """
 
 from __future__ import annotations
@@ -208,9 +210,54 @@ def plot_logs(runs: Sequence[RunLog], metrics: Sequence[str], path: str | Path, 
     return save_figure(fig, path)
 
 
+#: a value this close (as a share of one part) past a part's end still belongs to it: an evaluation
+#: every 0.75 epochs lands on step 586 of 2,343, a hair past a quarter of the run
+_PART_SLACK = 0.01
+
+
+def part_of(progress: float, parts: int) -> int:
+    """Which of ``parts`` equal parts of training ``progress`` (in [0, 1]) falls in; each part
+    holds its right end (the evaluation that closes it), with :data:`_PART_SLACK`."""
+    return min(parts - 1, max(0, math.ceil(progress * parts - _PART_SLACK) - 1))
+
+
+def segment_table(runs: Sequence[RunLog], metrics: Sequence[str], parts: int, x: str = "progress") -> str:
+    """A Markdown table: one row per run and series (per point for a family), one column per equal
+    part of training, each cell the mean of the values logged in that part (empty if none).
+    Columns are headed by the part's span in ``x`` units (the first run's, for ``epoch``/``step``)."""
+    if parts < 1:
+        raise ValueError(f"--table {parts}; give the number of parts of training, 1 or more")
+    if x not in X_AXES:
+        raise ValueError(f"--x {x!r}; valid: {', '.join(X_AXES)}")
+    for r in runs:
+        if not r.total_steps:
+            raise ValueError(f"{r.path}: its planned length is unknown (no config.json), so its "
+                             "series cannot be split into parts of training; leave out --table")
+    first = runs[0]
+
+    def at(share: float) -> str:
+        step = share * first.total_steps
+        return f"{first.x(step, x):.3g}" if x != "step" else f"{round(step)}"
+
+    head = ["run", "series"] + [f"{at(i / parts)}–{at((i + 1) / parts)}" for i in range(parts)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for metric in metrics:
+        for run in runs:
+            for key, _ in series_keys(run, metric):
+                sums, counts = [0.0] * parts, [0] * parts
+                for step, value in run.series[key]:
+                    i = part_of(step / run.total_steps, parts)
+                    sums[i] += value
+                    counts[i] += 1
+                cells = [f"{s / c:.4g}" if c else "" for s, c in zip(sums, counts)]
+                lines.append("| " + " | ".join([run.label, key] + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_logs(run_paths: Sequence[str], metrics: Sequence[str] | None, x: str, out: str | None,
-             mean_seeds: bool = False) -> Path:
-    """``simprune viz logs``: read the runs, plot, print and return the PNG's path."""
+             mean_seeds: bool = False, table: int | None = None) -> Path:
+    """``simprune viz logs``: read the runs, plot, print and return the PNG's path; with
+    ``table`` also print :func:`segment_table` and write it beside the PNG (``.md``)."""
     if not run_paths:
         raise ValueError("viz logs needs --runs RUN [RUN ...] (run folders holding metrics.jsonl)")
     runs = [read_run(p) for p in run_paths]
@@ -221,7 +268,14 @@ def run_logs(run_paths: Sequence[str], metrics: Sequence[str] | None, x: str, ou
     target = Path(out or "viz")
     if target.suffix.lower() != ".png":
         target = target / f"logs_{'-'.join(m.replace('/', '_') for m in metrics)}_{x}.png"
+    text = segment_table(runs, metrics, table, x) if table is not None else None
     written = plot_logs(runs, metrics, target, x)
     note = "" if written == target else f" ({target.name} exists and was kept)"
     print(f"wrote {written}{note}")
+    if text is not None:
+        from simprune.atomic import atomic_write_text
+
+        atomic_write_text(written.with_suffix(".md"), text)
+        print(text, end="")
+        print(f"wrote {written.with_suffix('.md')}")
     return written

@@ -7,7 +7,15 @@ import json
 import pytest
 from PIL import Image
 
-from simprune.viz.logs import mean_over_seeds, plot_logs, read_run, run_logs, series_keys
+from simprune.viz.logs import (
+    mean_over_seeds,
+    part_of,
+    plot_logs,
+    read_run,
+    run_logs,
+    segment_table,
+    series_keys,
+)
 
 
 def write_run(folder, seed_shift=0.0, steps=(10, 20, 30, 40), spe=20, epochs=2.0, evals=(20, 40)):
@@ -87,3 +95,37 @@ def test_cli_logs_figure(tmp_path):
     assert main(["viz", "logs", "--runs", str(tmp_path / "a"), "--metrics", "m2o", "window",
                  "--out", str(tmp_path / "f.png")]) == 0
     assert (tmp_path / "f.png").exists()
+
+
+def test_part_of_gives_each_part_its_closing_evaluation():
+    assert [part_of(p, 4) for p in (0.0, 0.001, 0.25, 586 / 2343, 0.26, 0.5, 0.999, 1.0)] == \
+        [0, 0, 0, 0, 1, 1, 3, 3]
+    assert part_of(0.7, 1) == 0
+
+
+def test_segment_table_averages_each_part(tmp_path):
+    runs = [read_run(write_run(tmp_path / "a"))]
+    runs[0].label = "a"
+    text = segment_table(runs, ["m2o", "knn_top1"], 2, x="epoch")
+    rows = [line.split(" | ") for line in text.splitlines()]
+    assert rows[0] == ["| run", "series", "0–1", "1–2 |"]
+    assert rows[2] == ["| a", "m2o/p1", "0.35", "0.15 |"]  # steps 10, 20 | 30, 40: 0.5 - s/100
+    assert rows[5] == ["| a", "knn_top1", "32", "34 |"]  # evaluated at steps 20 and 40
+    assert len(rows) == 6
+    lone = segment_table(runs, ["knn_top1"], 4)
+    assert lone.splitlines()[2] == "| a | knn_top1 |  | 32 |  | 34 |"
+    with pytest.raises(ValueError, match="--table 0; give the number of parts"):
+        segment_table(runs, ["m2o"], 0)
+
+
+def test_cli_logs_table_prints_and_writes_markdown(tmp_path, capsys):
+    from simprune.cli import main
+
+    write_run(tmp_path / "a")
+    assert main(["viz", "logs", "--runs", str(tmp_path / "a"), "--metrics", "knn_top1",
+                 "--table", "2", "--out", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| a | knn_top1 | 32 | 34 |" in out and f"wrote {tmp_path / 'f.md'}" in out
+    assert (tmp_path / "f.md").read_text().splitlines()[2] == "| a | knn_top1 | 32 | 34 |"
+    assert main(["viz", "logs", "--runs", str(tmp_path / "a"), "--table", "0"]) != 0
+    assert "--table 0" in capsys.readouterr().err
