@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simprune.train.folder_lock import pid_alive
+from simprune.train.folder_lock import describe, live_holder, pid_alive
 from simprune.train.folder_lock import release_lock as _release
 from simprune.train.folder_lock import take_lock as _take
 
@@ -32,4 +32,10 @@ def release_lock(folder: Path) -> None:
     _release(folder, LOCK_NAME)
 
 
-__all__ = ["LOCK_NAME", "pid_alive", "release_lock", "take_lock"]
+def busy_with(folder: Path) -> str | None:
+    """``pid 123 on host h since ...`` for the live sitting training the cell now, else ``None``."""
+    holder = live_holder(folder, LOCK_NAME)
+    return None if holder is None else describe(holder)
+
+
+__all__ = ["LOCK_NAME", "busy_with", "pid_alive", "release_lock", "take_lock"]

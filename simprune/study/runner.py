@@ -28,7 +28,7 @@ from simprune.atomic import atomic_write_text
 from simprune.config import TrainConfig, incompatible
 from simprune.study.args import PHASES, command_line
 from simprune.study.failures import FAILED_EXIT, error_record, failed_runs, failure_line
-from simprune.study.locks import pid_alive, release_lock, take_lock
+from simprune.study.locks import busy_with, pid_alive, release_lock, take_lock
 from simprune.study.recipe import Cell, Study, load_study, parse_sets
 from simprune.study.results import ERROR_NAME, is_finished, read_cell, read_results, top1_metric, top1_of
 from simprune.train.folder_lock import FolderBusyError, holding_run_folder
@@ -282,6 +282,9 @@ def dry_run(study: Study, log=None) -> None:
     for i, cell in enumerate(study.cells, start=1):
         r = read_cell(cell)
         where = f" at step {r.step}/{r.total_steps}" if r.step is not None and not r.finished else ""
+        busy = None if r.finished else busy_with(cell.folder)
+        if busy is not None:  # a step is the last checkpoint's: the sitting has gone on since
+            where += f"{' (last checkpoint)' if where else ''}, being trained now by {busy}"
         flops = cell_flops_percent(cell.config, [cell.folder])
         if owns_flops_budget(cell.config.reducer.method):
             flops_txt = (f"FLOPs set by its trained gates (budget {cell.config.reducer.flops_budget:g} "

@@ -116,6 +116,18 @@ def take_lock(folder: Path, name: str, command: str | None = None) -> dict[str, 
     return dict(UNKNOWN)
 
 
+def live_holder(folder: Path, name: str) -> dict[str, Any] | None:
+    """The record of the live process holding ``folder/name`` (read only), or ``None``: no lock,
+    a stale one, or one being written this instant."""
+    try:
+        holder = json.loads((folder / name).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or is_stale(holder):
+        return None
+    return holder
+
+
 def release_lock(folder: Path, name: str) -> None:
     """Remove ``folder/name`` if this process holds it."""
     path = folder / name
@@ -168,5 +180,5 @@ def holding_run_folder(run_dir: str | Path) -> Iterator[None]:
                 pass
 
 
-__all__ = ["FolderBusyError", "RUN_LOCK", "describe", "holding_run_folder", "is_stale", "pid_alive",
-           "process_start", "release_lock", "take_lock"]
+__all__ = ["FolderBusyError", "RUN_LOCK", "describe", "holding_run_folder", "is_stale", "live_holder",
+           "pid_alive", "process_start", "release_lock", "take_lock"]

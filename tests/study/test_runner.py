@@ -31,6 +31,22 @@ def test_dry_run_trains_nothing(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
+def test_dry_run_names_the_sitting_training_a_cell(tmp_path, monkeypatch, capsys):
+    """A cell another live sitting holds shows its last checkpoint and who trains it now."""
+    monkeypatch.setattr(loop, "Trainer", NoTraining)
+    recipe = write_study(tmp_path)
+    out = tmp_path / "runs" / "dry"
+    dense = out / "dense" / "seed0"
+    dense.mkdir(parents=True)
+    host = __import__("socket").gethostname()
+    (dense / "study.lock").write_text(json.dumps({"pid": os.getppid(), "host": host, "started": "t0"}))
+    assert run_study(study_args("--config", str(recipe), "--out", str(out), "--dry-run")) == 0
+    text = capsys.readouterr().out
+    assert (f"cell 1/2: Dense seed 0: not started, being trained now by pid "
+            f"{os.getppid()} on host {host} since t0;") in text
+    assert "cell 2/2: SimPrune sliding kr=0.8 seed 0: not started;" in text
+
+
 def test_rerun_skips_finished_cells(finished_study, monkeypatch, capsys):
     recipe, out, _ = finished_study
     ckpt = out / "simprune-sliding_kr0.8" / "seed0" / "checkpoint.pt"
