@@ -20,7 +20,7 @@ import shlex
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,16 @@ def describe(holder: dict[str, Any]) -> str:
     return text + (f" ({holder['command']})" if holder.get("command") else "")
 
 
+def read_holder(path: Path) -> dict[str, Any]:
+    """The record in lock file ``path``; ``{}`` when there is none, or it is being written this
+    instant, or it is not a record."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
 def take_lock(folder: Path, name: str, command: str | None = None) -> dict[str, Any] | None:
     """Create ``folder/name`` for this process. Returns ``None`` when taken (also when this
     process already holds it), else the holder's record. A stale lock is replaced."""
@@ -98,12 +108,7 @@ def take_lock(folder: Path, name: str, command: str | None = None) -> dict[str, 
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-            except (OSError, ValueError):  # being written this instant, or garbage
-                holder = {}
-            if not isinstance(holder, dict):
-                holder = {}
+            holder = read_holder(path)
             if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
                 return None  # ours (a study sitting's cell lock taken again)
             if not is_stale(holder):
@@ -119,24 +124,17 @@ def take_lock(folder: Path, name: str, command: str | None = None) -> dict[str, 
 def live_holder(folder: Path, name: str) -> dict[str, Any] | None:
     """The record of the live process holding ``folder/name`` (read only), or ``None``: no lock,
     a stale one, or one being written this instant."""
-    try:
-        holder = json.loads((folder / name).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(holder, dict) or is_stale(holder):
-        return None
-    return holder
+    holder = read_holder(folder / name)
+    return holder if holder and not is_stale(holder) else None
 
 
 def release_lock(folder: Path, name: str) -> None:
     """Remove ``folder/name`` if this process holds it."""
     path = folder / name
-    try:
-        held = json.loads(path.read_text())
-        if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+    held = read_holder(path)
+    if held.get("pid") == os.getpid() and held.get("host") == socket.gethostname():
+        with suppress(OSError):
             path.unlink()
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def _is_main() -> bool:

@@ -162,6 +162,12 @@ def mean_over_seeds(runs: Sequence[RunLog]) -> list[RunLog]:
     return out
 
 
+def check_x(x: str) -> None:
+    """One clear line for an unknown ``--x``."""
+    if x not in X_AXES:
+        raise ValueError(f"--x {x!r}; valid: {', '.join(X_AXES)}")
+
+
 def plot_logs(runs: Sequence[RunLog], metrics: Sequence[str], path: str | Path, x: str = "progress",
               title: str | None = None) -> Path:
     """One panel per metric; returns the path written (an existing file is never overwritten)."""
@@ -170,8 +176,7 @@ def plot_logs(runs: Sequence[RunLog], metrics: Sequence[str], path: str | Path, 
 
     from simprune.viz.figure import save_figure
 
-    if x not in X_AXES:
-        raise ValueError(f"--x {x!r}; valid: {', '.join(X_AXES)}")
+    check_x(x)
     missing = [m for m in metrics if not any(series_keys(r, m) for r in runs)]
     if missing:
         raise ValueError(f"no run logged {', '.join(map(repr, missing))}; logged: "
@@ -227,8 +232,7 @@ def segment_table(runs: Sequence[RunLog], metrics: Sequence[str], parts: int, x:
     Columns are headed by the part's span in ``x`` units (the first run's, for ``epoch``/``step``)."""
     if parts < 1:
         raise ValueError(f"--table {parts}; give the number of parts of training, 1 or more")
-    if x not in X_AXES:
-        raise ValueError(f"--x {x!r}; valid: {', '.join(X_AXES)}")
+    check_x(x)
     for r in runs:
         if not r.total_steps:
             raise ValueError(f"{r.path}: its planned length is unknown (no config.json), so its "
